@@ -1,0 +1,261 @@
+"""The ``mntk`` command: ``mntk SUBCOMMAND [--flags]``.
+
+Subcommands:
+  train      run a recipe into a work directory
+  evaluate   test accuracy of a saved model (.keras or .tflite) on a recipe's data
+  export     saved .keras model -> .tflite (none | dynamic | int8)
+  cost       MicroNet cost of a saved model or of a recipe's model
+  calibrate  early-exit thresholds of a saved multi-exit model
+  report     one-page report of a work directory
+
+``mntk SUBCOMMAND --help`` lists that subcommand's flags. Errors print one
+line (``mntk SUBCOMMAND: error: ...``) and exit with status 2.
+"""
+import os
+import sys
+
+from mntk import compat  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+SUBCOMMANDS = {}
+ARGS = []  # positional arguments left after flag parsing
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit status 2."""
+
+
+def subcommand(define_flags):
+    """Register ``fn`` as a subcommand whose flags ``define_flags`` defines."""
+    def wrap(fn):
+        SUBCOMMANDS[fn.__name__.rstrip("_")] = (fn, define_flags)
+        return fn
+    return wrap
+
+
+def _config_flag(required=True):
+    config_flags.DEFINE_config_file("config", None, "Recipe file (recipes/NAME.py); "
+                                    "override fields with --config.a.b=value.")
+    if required:
+        flags.mark_flag_as_required("config")
+
+
+def _flags_train():
+    _config_flag()
+    flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
+    flags.DEFINE_list("stages", None, "Run only these stages (default: the recipe's).")
+    flags.mark_flag_as_required("workdir")
+
+
+@subcommand(_flags_train)
+def train():
+    """Run a recipe's stages into --workdir (resumes if it exists)."""
+    from mntk import train as train_lib
+    summary = train_lib.run(FLAGS.config, FLAGS.workdir, stages=FLAGS.stages)
+    print(summary_line(summary))
+    print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}")
+
+
+def _flags_evaluate():
+    _config_flag()
+    flags.DEFINE_string("model", None, "A .keras or .tflite file.")
+    flags.mark_flag_as_required("model")
+
+
+@subcommand(_flags_evaluate)
+def evaluate():
+    """Test accuracy of --model (.keras or .tflite) on --config's data."""
+    import numpy as np
+    from mntk import stages
+    model_path = _existing(FLAGS.model)
+    data = stages.load_data(FLAGS.config)
+    if model_path.endswith(".tflite"):
+        from mntk import export
+        logits = export.run_tflite(model_path, data.x_test)
+    else:
+        from mntk.serialization import load_model
+        logits = load_model(model_path).predict(data.x_test, verbose=0)
+    if isinstance(logits, list):
+        logits = logits[-1]
+    print(f"accuracy: {float(np.mean(np.argmax(logits, -1) == data.y_test)):.4f}")
+
+
+def _flags_export():
+    _config_flag(required=False)
+    flags.DEFINE_string("model", None, "A saved .keras model.")
+    flags.DEFINE_string("out", None, "Output .tflite path.")
+    flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "int8"], "Quantization.")
+    flags.mark_flags_as_required(["model", "out"])
+
+
+@subcommand(_flags_export)
+def export_():
+    """Convert --model (.keras) to --out (.tflite)."""
+    from mntk import export
+    from mntk.serialization import load_model
+    model = load_model(_existing(FLAGS.model))
+    rep = None
+    if FLAGS.quantize == "int8" and FLAGS.config is not None:
+        from mntk import stages
+        rep = stages.load_data(FLAGS.config).x_train[:200]
+    result = export.to_tflite(model, FLAGS.out, quantize=FLAGS.quantize,
+                              representative_data=rep)
+    print(f"wrote {result.path} ({result.bytes} bytes)")
+
+
+def _flags_cost():
+    _config_flag(required=False)
+    flags.DEFINE_string("model", None, "A saved .keras model (or give --config).")
+    flags.DEFINE_enum("task", None, ["cifar100", "imagenet"], "Score against this task.")
+    flags.DEFINE_bool("freebie", False, "Count an unquantized model at 16 bits.")
+    flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+
+
+@subcommand(_flags_cost)
+def cost():
+    """MicroNet cost of --model or of --config's model."""
+    import json
+    from mntk import cost as cost_lib
+    if FLAGS.model:
+        from mntk.serialization import load_model
+        model = load_model(_existing(FLAGS.model))
+    elif FLAGS.config is not None:
+        from mntk import models
+        c = FLAGS.config
+        from mntk import stages
+        data = stages.load_data(c)
+        model = models.get(c.model.name, input_shape=data.input_shape,
+                           num_classes=data.num_classes, **dict(c.model.get("kwargs", {})))
+    else:
+        raise UsageError("give --model=PATH.keras or --config=recipes/NAME.py")
+    report = cost_lib.estimate(model, task=FLAGS.task, freebie=FLAGS.freebie)
+    print(json.dumps(report.to_json(), indent=2) if FLAGS.json else report.table())
+
+
+def _flags_calibrate():
+    _config_flag()
+    flags.DEFINE_string("model", None, "A saved multi-exit .keras model.")
+    flags.DEFINE_enum("criterion", "max_softmax", ["max_softmax", "entropy"], "Confidence.")
+    flags.DEFINE_float("exit_rate", None, "Target fraction leaving before the final output.")
+    flags.DEFINE_float("max_accuracy_drop", None, "Largest accuracy drop allowed.")
+    flags.DEFINE_float("mean_ops", None, "Budget of mean ops per example.")
+    flags.DEFINE_string("out", None, "Write the calibration JSON here.")
+    flags.mark_flag_as_required("model")
+
+
+@subcommand(_flags_calibrate)
+def calibrate():
+    """Early-exit thresholds of --model on --config's validation data."""
+    import json
+    from mntk import early_exit, stages
+    from mntk.serialization import load_model
+    multi = load_model(_existing(FLAGS.model))
+    data = stages.load_data(FLAGS.config)
+    targets = {k: getattr(FLAGS, k) for k in ("exit_rate", "max_accuracy_drop", "mean_ops")
+               if getattr(FLAGS, k) is not None}
+    if len(targets) != 1:
+        raise UsageError("give exactly one of --exit_rate, --max_accuracy_drop, --mean_ops")
+    result = early_exit.calibrate(multi, (data.x_val, data.y_val),
+                                  criterion=FLAGS.criterion, **targets)
+    text = json.dumps(result.to_json(), indent=2)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+def _flags_report():
+    flags.DEFINE_bool("html", False, "Also write a self-contained report.html.")
+
+
+@subcommand(_flags_report)
+def report():
+    """One-page report (Markdown, optionally HTML) of a work directory."""
+    from mntk import report as report_lib
+    if len(ARGS) != 1:
+        raise UsageError("usage: mntk report WORKDIR [--html]")
+    paths = report_lib.write_report(ARGS[0], html=FLAGS.html)
+    for p in paths:
+        print(p)
+
+
+def summary_line(summary) -> str:
+    parts = [f"accuracy {summary['accuracy']:.4f}"] if "accuracy" in summary else []
+    for kind, r in summary.get("tflite", {}).items():
+        parts.append(f"tflite-{kind} {r.get('bytes')} B, agreement {r.get('agreement'):.4f}")
+    if summary.get("cost", {}).get("score") is not None:
+        parts.append(f"score {summary['cost']['score']:.6f}")
+    return "; ".join(parts)
+
+
+def _existing(path):
+    if not os.path.exists(path):
+        raise UsageError(f"no such file: {path}")
+    return path
+
+
+def _usage():
+    return __doc__.split("Subcommands:")[0].strip() + "\n\nSubcommands:" + \
+        __doc__.split("Subcommands:")[1].split("``mntk")[0].rstrip()
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit status."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if len(argv) >= 2 else 2
+    name = argv[1]
+    if name not in SUBCOMMANDS:
+        print(f"mntk: error: unknown subcommand {name!r}; use one of "
+              f"{', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    fn, define = SUBCOMMANDS[name]
+    define()
+    rest = argv[2:]
+    if any(a in ("-h", "--help", "--helpshort") for a in rest):
+        print(f"mntk {name}: {fn.__doc__ or ''}".strip())
+        print(_flag_help())
+        return 0
+    try:
+        ARGS[:] = [a for a in FLAGS([f"mntk {name}"] + rest)[1:]]
+    except (flags.Error, ValueError, KeyError, AttributeError, FileNotFoundError) as e:
+        print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        fn()
+    except UsageError as e:
+        print(f"mntk {name}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as e:
+        print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _flag_help() -> str:
+    lines = []
+    for flag in sorted(FLAGS.flags_by_module_dict().get(__name__, []) +
+                       FLAGS.flags_by_module_dict().get(config_flags.__name__, []),
+                       key=lambda f: f.name):
+        lines.append(f"  --{flag.name}: {flag.help}")
+    return "flags:\n" + "\n".join(dict.fromkeys(lines))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+def run():
+    """Console-script entry point (``mntk``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,253 @@
+"""What the recipe stages share: data bundling, compile, fit with the
+resumable callbacks, evaluation and the cost figures of a model.
+
+Kept apart from ``mntk.stages`` so each stage reads as the few calls it makes.
+"""
+import csv
+import math
+import os
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from mntk.compat import keras
+from mntk.train import RecipeError, epoch_keyed_dataset, is_chief, saved_epoch, write_json
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "cosine_restarts")
+
+
+def bundle_from(data_lib, config, bundle_cls):
+    """Load ``config.data`` through ``mntk.data`` into a ``DataBundle``."""
+    d = config.data
+    kwargs = {k: v for k, v in d.items() if k not in ("name",)}
+    loaded = data_lib.load(d.name, **kwargs)
+    arrays = {}
+    for split, short in (("train", "train"), ("validation", "val"), ("test", "test")):
+        xy = getattr(loaded, f"{split}_arrays", None)
+        if xy is not None:
+            arrays[f"x_{short}"], arrays[f"y_{short}"] = xy
+    return bundle_cls(num_classes=loaded.num_classes, input_shape=tuple(loaded.input_shape),
+                      train=getattr(loaded, "train", None),
+                      validation=getattr(loaded, "validation", None),
+                      test=getattr(loaded, "test", None),
+                      steps_per_epoch=getattr(loaded, "steps_per_epoch", None), **arrays)
+
+
+def steps(ctx) -> int:
+    """Training steps per epoch at the global batch size."""
+    data = ctx.data
+    if data.x_train is not None:
+        return len(data.x_train) // ctx.global_batch_size(ctx.config.data.batch_size)
+    if data.steps_per_epoch:
+        return int(data.steps_per_epoch)
+    raise RecipeError("the data set does not say how many steps an epoch has; set "
+                      "data.steps_per_epoch in the recipe.")
+
+
+def make_optimizer(train_cfg, steps_per_epoch: int, replicas: int = 1):
+    """SGD/Adam/AdamW with a constant, cosine or cosine-with-restarts schedule."""
+    lr = float(train_cfg.learning_rate)
+    if train_cfg.get("scale_with_replicas", True):
+        lr *= replicas
+    schedule_name = train_cfg.get("schedule", "constant")
+    total = max(1, int(train_cfg.epochs) * steps_per_epoch)
+    if schedule_name == "constant":
+        schedule = lr
+    elif schedule_name == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(lr, total)
+    elif schedule_name == "cosine_restarts":
+        cycles = int(train_cfg.get("restart_cycles", 4))
+        # first cycle length chosen so `cycles` doubling cycles fill the run
+        first = max(1, total // (2 ** cycles - 1))
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(lr, first, t_mul=2.0)
+    else:
+        raise RecipeError(f"train.schedule={schedule_name!r} is unknown; use one of "
+                          f"{', '.join(SCHEDULES)}.")
+    name = train_cfg.get("optimizer", "adam")
+    wd = float(train_cfg.get("weight_decay", 0.0)) or None
+    if name == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=float(train_cfg.get("momentum", 0.9)),
+                                    nesterov=bool(train_cfg.get("nesterov", True)),
+                                    weight_decay=wd)
+    if name == "adam":
+        return keras.optimizers.Adam(schedule, weight_decay=wd)
+    if name == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=wd or 1e-4)
+    raise RecipeError(f"train.optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
+
+
+def soft_labels(config) -> bool:
+    return bool(config.data.get("mix")) or bool(config.data.get("one_hot", False))
+
+
+def base_loss(config):
+    smoothing = float(config.train.get("label_smoothing", 0.0))
+    if soft_labels(config):
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+    if smoothing:
+        raise RecipeError("train.label_smoothing needs one-hot labels; set data.one_hot=True "
+                          "or use tricks.adaptive_smoothing.")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def accuracy_metric(config):
+    if soft_labels(config):
+        return keras.metrics.CategoricalAccuracy(name="accuracy")
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+
+def attach_tricks(model, config, epsilon_key: str = "epsilon") -> Tuple[Dict, Any, List]:
+    """SRIP and adaptive label smoothing as ``config.tricks`` asks.
+
+    Returns (summary of the settings, the loss, the callbacks they need).
+    """
+    tricks = config.get("tricks", {})
+    summary, callbacks = {}, []
+    loss = base_loss(config)
+    srip_cfg = tricks.get("srip", {})
+    if srip_cfg.get("enabled", False):
+        from mntk import callbacks as cb, regularizers
+        srip = regularizers.apply_srip(
+            model, float(srip_cfg.coefficient), layers=srip_cfg.get("layers", "pointwise"),
+            power_iterations=int(srip_cfg.get("power_iterations", 2)),
+            squared=bool(srip_cfg.get("squared", False)))
+        if srip_cfg.get("schedule"):
+            callbacks.append(cb.CoefficientSchedule(srip, srip_cfg.schedule))
+        summary["srip"] = {k: v for k, v in srip_cfg.items()}
+    als_cfg = tricks.get("adaptive_smoothing", {})
+    if als_cfg.get("enabled", False):
+        from mntk import losses
+        classifier = model.get_layer(config.model.get("classifier", "logits"))
+        loss = losses.AdaptiveLabelSmoothing(classifier, epsilon=float(als_cfg[epsilon_key]),
+                                             from_logits=True,
+                                             refresh=als_cfg.get("refresh", "epoch"))
+        callbacks.extend(loss.callbacks())
+        summary["adaptive_smoothing"] = {"epsilon": float(als_cfg[epsilon_key]),
+                                         "refresh": als_cfg.get("refresh", "epoch")}
+    return summary, loss, callbacks
+
+
+def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1):
+    model.compile(optimizer=make_optimizer(config.train, steps_per_epoch, replicas),
+                  loss=loss, metrics=[accuracy_metric(config)])
+
+
+def _writable_dir(ctx, sub: str) -> str:
+    """Stage sub-folder on the chief; a throw-away folder on other workers."""
+    if is_chief():
+        return os.path.join(ctx.stage_dir, sub)
+    task = os.environ.get("TF_CONFIG", "worker")
+    return os.path.join(ctx.stage_dir, f".worker_{abs(hash(task)) % 10**6}", sub)
+
+
+def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
+    """``model.fit`` with resuming, logs, best-model checkpoint and NaN guard.
+
+    Returns the per-epoch history of the whole stage (resumed epochs included).
+    """
+    config, data = ctx.config, ctx.data
+    backup_dir = _writable_dir(ctx, "backup")
+    first = saved_epoch(backup_dir)
+    gbs = ctx.global_batch_size(config.data.batch_size)
+    n_steps = steps(ctx)
+    if config.train.get("max_steps_per_epoch"):
+        n_steps = min(n_steps, int(config.train.max_steps_per_epoch))
+    if data.x_train is not None:
+        y = data.y_train
+        if soft_labels(config) and y.ndim == 1:
+            y = np.eye(data.num_classes, dtype=np.float32)[y]
+        train_ds = epoch_keyed_dataset(data.x_train, y, gbs, int(config.seed), first, epochs)
+    else:
+        train_ds = data.train.repeat()
+    history_csv = os.path.join(_writable_dir(ctx, ""), "history.csv")
+    all_callbacks = list(callbacks) + [
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.CSVLogger(history_csv, append=first > 0),
+        keras.callbacks.TensorBoard(_writable_dir(ctx, "tensorboard"), profile_batch=0),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(_writable_dir(ctx, ""), "best.weights.h5"),
+            monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True),
+        keras.callbacks.TerminateOnNaN(),
+    ] + list(getattr(ctx, "extra_callbacks", []))
+    validation = _validation(config, data)
+    model.fit(train_ds, epochs=epochs, steps_per_epoch=n_steps, validation_data=validation,
+              callbacks=all_callbacks, verbose=int(config.get("verbose", 2)))
+    history = read_history(history_csv)
+    losses = history.get("loss", [])
+    if losses and not all(math.isfinite(v) for v in losses):
+        raise RecipeError(
+            f"training loss became NaN/inf at epoch {next(i for i, v in enumerate(losses) if not math.isfinite(v))}"
+            f" (learning rate {config.train.learning_rate}); lower train.learning_rate "
+            "or check the input data.")
+    return history
+
+
+def _validation(config, data):
+    if data.x_val is not None:
+        y = data.y_val
+        if soft_labels(config) and y.ndim == 1:
+            y = np.eye(data.num_classes, dtype=np.float32)[y]
+        return tf.data.Dataset.from_tensor_slices((data.x_val, y)).batch(256)
+    return data.validation
+
+
+def read_history(path: str) -> Dict[str, List[float]]:
+    """Per-epoch columns of a Keras CSVLogger file."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    columns: Dict[str, List[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                columns.setdefault(key, []).append(float(value))
+            except (TypeError, ValueError):
+                pass
+    return columns
+
+
+def predict_logits(model, x: np.ndarray, batch_size: int = 256):
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    return out
+
+
+def evaluate(model, data) -> float:
+    """Top-1 accuracy of the (last) output on the test split."""
+    if data.x_test is not None:
+        out = predict_logits(model, data.x_test)
+        if isinstance(out, list):
+            out = out[-1]
+        return float(np.mean(np.argmax(out, -1) == data.y_test))
+    results = model.evaluate(data.test, return_dict=True, verbose=0)
+    return float(results["accuracy"])
+
+
+def cost_summary(ctx, model, **estimate_kwargs) -> Dict[str, Any]:
+    """The model's MicroNet cost (written to ``cost.json``) for the summary."""
+    from mntk import cost
+    task = ctx.config.get("cost", {}).get("task")
+    freebie = bool(ctx.config.get("cost", {}).get("freebie", False))
+    report = cost.estimate(model, task=task, freebie=freebie, **estimate_kwargs)
+    write_json(os.path.join(ctx.stage_dir, "cost.json"), report.to_json())
+    write_json(os.path.join(ctx.workdir, "cost.json"), report.to_json())
+    out = {"params": report.params, "ops": report.ops, "score": report.score,
+           "param_bits": report.param_bits, "task": task, "freebie": freebie}
+    note = ctx.config.get("cost", {}).get("note")
+    if note:
+        out["note"] = note
+    return {"cost": out}
+
+
+def verify_figures(check) -> Dict[str, Any]:
+    """Flatten a ``mntk.export.verify`` result of the last (final) output."""
+    d = check.to_dict()
+    outputs = d.get("outputs")
+    if outputs:
+        last = outputs[-1] if isinstance(outputs, list) else list(outputs.values())[-1]
+        return {k: v for k, v in last.items() if k in
+                ("agreement", "max_abs_diff", "accuracy_tflite", "accuracy_keras")}
+    return {k: v for k, v in d.items() if k in
+            ("agreement", "max_abs_diff", "accuracy_tflite", "accuracy_keras")}

@@ -1,0 +1,107 @@
+"""The stages a recipe runs: train, early_exit, prune, quantize, export.
+
+Each stage is a function ``stage(ctx) -> dict`` over a ``mntk.train.RunContext``:
+it reads its part of the config, updates ``ctx.model`` and returns the figures
+that go into the stage's ``summary.json``. Stages only compose mntk's public
+parts; ``mntk.train.run`` sequences them and handles resuming.
+"""
+import dataclasses
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from mntk.compat import keras
+from mntk import fitting
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """Data as the stages need it: datasets plus in-memory arrays when small."""
+    num_classes: int
+    input_shape: tuple
+    train: Optional[tf.data.Dataset] = None
+    validation: Optional[tf.data.Dataset] = None
+    test: Optional[tf.data.Dataset] = None
+    x_train: Optional[np.ndarray] = None
+    y_train: Optional[np.ndarray] = None
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
+    x_test: Optional[np.ndarray] = None
+    y_test: Optional[np.ndarray] = None
+    steps_per_epoch: Optional[int] = None
+
+
+def load_data(config) -> DataBundle:
+    """Build the recipe's data from ``config.data`` (see ``mntk.data``)."""
+    from mntk import data as data_lib
+    return fitting.bundle_from(data_lib, config, DataBundle)
+
+
+def merge_summary(summary: Dict[str, Any], name: str, stage: Dict[str, Any]) -> None:
+    """Fold a stage's figures into the run summary (later stages win)."""
+    for key in ("accuracy", "tflite", "cost", "early_exit", "quantization", "pruning",
+                "tricks", "history"):
+        if key in stage:
+            summary[key] = stage[key]
+
+
+def save_stage_model(ctx) -> None:
+    if ctx.model is not None:
+        ctx.model.save(os.path.join(ctx.stage_dir, "model.keras"))
+
+
+def load_stage_model(ctx, name: str):
+    path = os.path.join(ctx.stage_dir, "model.keras")
+    if not os.path.exists(path):
+        return ctx.model
+    from mntk.serialization import load_model
+    with ctx.strategy.scope():
+        return load_model(path)
+
+
+# --------------------------------------------------------------------- stages
+
+def train_stage(ctx) -> Dict[str, Any]:
+    """Build (or continue) the model, add the tricks, ``fit``, evaluate."""
+    config, data = ctx.config, ctx.data
+    with ctx.strategy.scope():
+        if ctx.model is None:
+            from mntk import models
+            kwargs = dict(config.model.get("kwargs", {}))
+            ctx.model = models.get(config.model.name, input_shape=data.input_shape,
+                                   num_classes=data.num_classes, **kwargs)
+        model = ctx.model
+        tricks, loss, callbacks = fitting.attach_tricks(model, config)
+        fitting.compile_model(model, config, loss, steps_per_epoch=fitting.steps(ctx),
+                              replicas=ctx.replicas)
+    history = fitting.fit(ctx, model, config.train.epochs, callbacks)
+    summary = {"accuracy": fitting.evaluate(model, data), "tricks": tricks,
+               "history": history}
+    summary.update(fitting.cost_summary(ctx, model))
+    return summary
+
+
+def export_stage(ctx) -> Dict[str, Any]:
+    """TFLite float and int8 files, each verified against Keras with LiteRT."""
+    from mntk import export
+    config, data, model = ctx.config, ctx.data, ctx.model
+    out = {}
+    kinds = list(config.export.get("kinds", ("float", "int8")))
+    rep = data.x_train[: int(config.export.get("representative_examples", 200))]
+    for kind in kinds:
+        quantize = {"float": "none", "dynamic": "dynamic", "int8": "int8"}[kind]
+        path = os.path.join(ctx.workdir, f"model_{kind}.tflite")
+        result = export.to_tflite(model, path, quantize=quantize,
+                                  representative_data=rep if kind == "int8" else None)
+        check = export.verify(path, model, (data.x_test, data.y_test))
+        out[kind] = {"path": os.path.relpath(path, ctx.workdir), "bytes": result.bytes,
+                     **fitting.verify_figures(check)}
+    return {"tflite": out}
+
+
+STAGES = {
+    "train": train_stage,
+    "export": export_stage,
+}
