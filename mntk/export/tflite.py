@@ -1,0 +1,347 @@
+"""Keras (tf_keras) model -> TFLite flatbuffer, float, dynamic-range or int8.
+
+Conversion goes through ``tf.lite.TFLiteConverter.from_concrete_functions`` on
+a ``tf.function`` that calls the model with ``training=False`` and returns a
+dict ``{output name: tensor}``. The dict makes the TFLite signature carry the
+Keras output names (``model.output_names``), so a multi-output model's outputs
+can be matched by name: the converter sorts signature outputs and the raw
+output tensor order does not follow the Keras order. Inputs are named after
+``model.input_names`` with a free batch dimension.
+
+Quantization modes (``quantize=``):
+
+- ``"none"``: float32 weights and activations.
+- ``"dynamic"``: dynamic-range quantization; weights stored int8, activations
+  quantized on the fly by the kernels, float in/out.
+- ``"int8"``: full-integer. For a float model the activation ranges come from
+  ``representative_data`` (post-training calibration) and every op must have
+  an int8 kernel (``TFLITE_BUILTINS_INT8``: no silent float fallback). For a
+  tfmot quantization-aware model (it holds ``QuantizeWrapperV2`` /
+  ``QuantizeLayer``) the trained ranges are used as they are, so no
+  representative data is needed.
+
+Model inputs/outputs stay float32 by default (``inference_io="float"``): the
+file quantizes the inputs and dequantizes the outputs itself, which keeps it a
+drop-in replacement and makes parity checks direct. ``inference_io="int8"``
+gives int8 input and output tensors for integer-only hardware; use the
+tensors' scale and zero point to convert (``verify`` does this for you).
+"""
+import dataclasses
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mntk.compat import ensure_tf_keras, keras
+
+QUANTIZE_MODES = ("none", "dynamic", "int8")
+INFERENCE_IO = ("float", "int8")
+
+# tfmot's QAT layers; detected by class name so tfmot need not be imported
+# (a model holding them has imported it already).
+_TFMOT_QAT_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+
+
+class ExportError(RuntimeError):
+    """The TFLite converter rejected the model; the message names op and layer."""
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What ``to_tflite`` wrote.
+
+    Attributes:
+      path: the .tflite file.
+      bytes: its size in bytes.
+      quantize: "none", "dynamic" or "int8".
+      inference_io: "float" or "int8" (dtype of the file's inputs/outputs).
+      qat: True when the model was a tfmot quantization-aware model.
+      input_names / output_names: signature names, in the Keras model's order.
+      seconds: wall time of the conversion.
+    """
+    path: str
+    bytes: int
+    quantize: str
+    inference_io: str = "float"
+    qat: bool = False
+    input_names: tuple = ()
+    output_names: tuple = ()
+    seconds: float = 0.0
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["input_names"] = list(self.input_names)
+        d["output_names"] = list(self.output_names)
+        return d
+
+
+def _log(progress, message):
+    if progress:
+        print(f"[mntk.export] {message}", file=sys.stderr, flush=True)
+
+
+def iter_layers(model):
+    """All layers of ``model``, descending into nested models."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer)
+
+
+def is_qat_model(model) -> bool:
+    """True when ``model`` holds tfmot quantization-aware layers."""
+    for layer in iter_layers(model):
+        for cls in type(layer).__mro__:
+            if (cls.__name__ in _TFMOT_QAT_CLASSES
+                    and cls.__module__.startswith("tensorflow_model_optimization")):
+                return True
+    return False
+
+
+def _check_writable(path):
+    """Create the parent directory and fail early if ``path`` cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise OSError(
+            f"cannot write the TFLite file to {path!r}: creating its directory "
+            f"{parent!r} failed ({e.strerror or e}). Pass a path in a writable "
+            "directory.") from e
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"cannot write the TFLite file to {path!r}: it is a directory. Pass "
+            "a file path such as "
+            f"{os.path.join(path, 'model.tflite')!r}.")
+    if not os.access(parent, os.W_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise PermissionError(
+            f"cannot write the TFLite file to {path!r}: no write permission on "
+            f"{parent if not os.path.exists(path) else path!r}. Pass a path in a "
+            "writable directory.")
+
+
+def serving_function(model):
+    """A concrete function ``inputs -> {output name: output}`` for the converter."""
+    names = list(model.input_names)
+    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
+             for t, n in zip(model.inputs, names)]
+    output_names = list(model.output_names)
+
+    @tf.function
+    def serve(*xs):
+        outputs = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return {n: o for n, o in zip(output_names, outputs)}
+
+    return serve.get_concrete_function(*specs), names, output_names
+
+
+def _representative_generator(data, model, max_samples):
+    """A zero-argument generator of input lists for the converter's calibrator.
+
+    Accepts a tf.data.Dataset or any iterable yielding x or (x, y) (batched or
+    single samples), or a numpy array of inputs. Stops after ``max_samples``
+    samples.
+    """
+    n_inputs = len(model.inputs)
+    ranks = [len(t.shape) for t in model.inputs]
+
+    def as_inputs(element):
+        if isinstance(element, dict):
+            return [np.asarray(element[n], np.float32) for n in model.input_names]
+        if isinstance(element, (tuple, list)):
+            # (x, y) or (x, y, w): the inputs are the first entry, unless the
+            # model takes several inputs and this is the list of them.
+            if n_inputs > 1 and len(element) == n_inputs and all(
+                    np.ndim(e) in (r, r - 1) for e, r in zip(element, ranks)):
+                xs = list(element)
+            else:
+                return as_inputs(element[0])
+        else:
+            xs = [element]
+        xs = [np.asarray(x, np.float32) for x in xs]
+        # Add the batch dimension to single samples.
+        return [x[None] if x.ndim == r - 1 else x for x, r in zip(xs, ranks)]
+
+    if isinstance(data, np.ndarray) or (n_inputs == 1 and tf.is_tensor(data)):
+        array = np.asarray(data, np.float32)
+        source = (array[i:i + 32] for i in range(0, len(array), 32))
+    elif isinstance(data, tf.data.Dataset):
+        source = data.as_numpy_iterator()
+    else:
+        source = data
+
+    def generator():
+        seen = 0
+        for element in source:
+            xs = as_inputs(element)
+            if seen + len(xs[0]) > max_samples:
+                xs = [x[:max_samples - seen] for x in xs]
+            if len(xs[0]) == 0:
+                break
+            seen += len(xs[0])
+            yield xs
+            if seen >= max_samples:
+                break
+        if seen == 0:
+            raise ValueError(
+                "representative_data yielded no samples; pass a non-empty "
+                "dataset, array or generator of model inputs.")
+
+    return generator
+
+
+def _layer_for(op_location, model):
+    """The Keras layer name found in a converter error location, or None."""
+    layer_names = {layer.name for layer in iter_layers(model)}
+    for part in re.split(r"[/@\"]", op_location):
+        if part in layer_names:
+            return part
+    return None
+
+
+def _describe_converter_error(error, model):
+    """'op X in layer Y' lines for each op the converter reports."""
+    found = []
+    for data in getattr(error, "errors", None) or []:
+        op = getattr(getattr(data, "operator", None), "name", "") or "?"
+        layer = None
+        for call in getattr(getattr(data, "location", None), "call", []):
+            layer = _layer_for(getattr(call, "name", ""), model)
+            if layer:
+                break
+        found.append((op, layer))
+    if not found:  # Older converters only give text.
+        for op in re.findall(r"'(tf\.[A-Za-z0-9_]+)' op", str(error)):
+            layer = None
+            for loc in re.findall(r'"([^"]*' + re.escape(op[3:]) + r'[^"]*)"',
+                                  str(error)):
+                layer = _layer_for(loc, model)
+                if layer:
+                    break
+            found.append((op, layer))
+    seen, lines = set(), []
+    for op, layer in found:
+        if (op, layer) in seen:
+            continue
+        seen.add((op, layer))
+        where = f"in layer {layer!r}" if layer else "(layer not identified)"
+        lines.append(f"op {op} {where}")
+    return lines
+
+
+def to_tflite(model, path, quantize="none", representative_data=None, *,
+              inference_io="float", max_representative_samples=500,
+              progress=True) -> ExportResult:
+    """Convert a tf_keras model to a TFLite file at ``path``.
+
+    Args:
+      model: a functional or sequential tf_keras model, float or tfmot QAT.
+      path: the .tflite file to write; parent directories are created.
+      quantize: "none" (float32), "dynamic" (int8 weights, float activations)
+        or "int8" (full integer; see the module docstring).
+      representative_data: inputs for int8 calibration of a float model: a
+        tf.data.Dataset or iterable yielding x or (x, y), or a numpy array.
+        Not needed for a QAT model.
+      inference_io: "float" (default) keeps float32 inputs/outputs with the
+        (de)quantization inside the file; "int8" makes them int8 (quantize="int8"
+        only).
+      max_representative_samples: calibration stops after this many samples.
+      progress: print one line per phase to stderr.
+
+    Returns:
+      ExportResult with ``path``, ``bytes``, ``quantize`` and more.
+
+    Raises:
+      ValueError: bad ``quantize``/``inference_io`` value, missing
+        representative data, or "dynamic" for a QAT model.
+      OSError: ``path`` cannot be written (the message names it).
+      ExportError: the converter rejected an op (the message names op and layer).
+    """
+    ensure_tf_keras(model)
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"quantize={quantize!r} is not a TFLite export mode; use one of "
+            f"{', '.join(repr(q) for q in QUANTIZE_MODES)}.")
+    if inference_io not in INFERENCE_IO:
+        raise ValueError(
+            f"inference_io={inference_io!r} is not valid; use one of "
+            f"{', '.join(repr(q) for q in INFERENCE_IO)}.")
+    if inference_io == "int8" and quantize != "int8":
+        raise ValueError(
+            f"inference_io='int8' needs quantize='int8' (got quantize={quantize!r}); "
+            "a float or dynamic-range model has float inputs and outputs.")
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"to_tflite needs a keras.Model, got the layer {model.name!r} "
+            f"({type(model).__name__}); wrap it: keras.Sequential([layer]) with an "
+            "Input.")
+    qat = is_qat_model(model)
+    if qat and quantize == "dynamic":
+        raise ValueError(
+            f"model {model.name!r} is quantization-aware (tfmot); its weights and "
+            "activations already carry trained ranges. Export it with "
+            "quantize='int8' (no representative data needed), or 'none'.")
+    if quantize == "int8" and not qat and representative_data is None:
+        raise ValueError(
+            f"quantize='int8' for the float model {model.name!r} needs activation "
+            "ranges: pass representative_data= (a tf.data.Dataset, numpy array or "
+            "generator of ~100-500 typical inputs), or use quantize='dynamic', or "
+            "export a quantization-aware (tfmot) model.")
+    if not getattr(model, "inputs", None):
+        raise ValueError(
+            f"model {model.name!r} has no defined inputs; build it with "
+            "keras.Input (functional) or call it on data before exporting.")
+    path = os.fspath(path)
+    _check_writable(path)
+
+    start = time.perf_counter()
+    _log(progress, f"tracing {model.name!r} ({'QAT, ' if qat else ''}"
+                   f"quantize={quantize})")
+    function, input_names, output_names = serving_function(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    if quantize in ("dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+        if representative_data is not None:
+            converter.representative_dataset = _representative_generator(
+                representative_data, model, max_representative_samples)
+        if not qat:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if inference_io == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    _log(progress, "converting" + (" (calibrating on representative data)"
+                                   if quantize == "int8" and not qat else ""))
+    try:
+        flatbuffer = converter.convert()
+    except Exception as e:  # noqa: BLE001  (ConverterError has no public base)
+        if type(e).__name__ != "ConverterError":
+            raise
+        lines = _describe_converter_error(e, model)
+        detail = "; ".join(lines) if lines else str(e).splitlines()[0]
+        hint = ("TFLite has no (int8) kernel for it: replace the layer with "
+                "builtin ops" + (", or use quantize='dynamic'" if quantize == "int8"
+                                 else "") + ".")
+        raise ExportError(
+            f"TFLite conversion of {model.name!r} (quantize={quantize!r}) failed: "
+            f"{detail}. {hint}") from e
+
+    try:
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+    except OSError as e:
+        raise OSError(
+            f"cannot write the TFLite file to {path!r}: {e.strerror or e}. Pass a "
+            "path in a writable directory.") from e
+    seconds = time.perf_counter() - start
+    _log(progress, f"wrote {path} ({len(flatbuffer):,} bytes, {seconds:.1f} s)")
+    return ExportResult(path=path, bytes=len(flatbuffer), quantize=quantize,
+                        inference_io=inference_io, qat=qat,
+                        input_names=tuple(input_names),
+                        output_names=tuple(output_names), seconds=seconds)
