@@ -1,0 +1,283 @@
+"""Orthogonality regularizers: SRIP and its siblings SO, DSO and MC.
+
+From Bansal, Chen, Wang, "Can We Gain More from Orthogonality Regularizations
+in Training Deep CNNs?" (NeurIPS 2018, arXiv 1810.09102). A kernel is reshaped
+to W with one column per filter (see `mntk.orthogonality`), and
+
+- SRIP: coefficient * sigma(G - I), G the smaller Gram matrix (W^T W or
+  W W^T), sigma the spectral norm by power iteration (sigma^2 with
+  `squared=True`, as the WRN and KAIST code did);
+- SO:   coefficient * ||W^T W - I||_F^2;
+- DSO:  coefficient * (||W^T W - I||_F^2 + ||W W^T - I||_F^2);
+- MC:   coefficient * max_{i != j} |<w_i, w_j>| / (||w_i|| ||w_j||) (mutual
+  coherence: largest off-diagonal of the column-normalized W^T W).
+
+Every coefficient is a non-trainable `tf.Variable`, so
+`mntk.callbacks.CoefficientSchedule` can change it between epochs without
+retracing the train function. Use them as `kernel_regularizer=` /
+`depthwise_regularizer=` of a layer, or attach SRIP to a built model with
+`apply_srip`.
+"""
+import threading
+import weakref
+
+import tensorflow as tf
+
+from mntk.compat import ensure_tf_keras, keras
+from mntk.orthogonality import (  # noqa: F401  (re-exported helpers)
+    LAYOUTS, gram_residual, kernel_matrix, layer_kernels, resolve_layout,
+    spectral_norm_estimate, unwrap_layer)
+
+__all__ = [
+    "SRIP", "SO", "DSO", "MC", "OrthogonalityRegularizer", "apply_srip",
+    "spectral_norm_estimate", "kernel_matrix", "gram_residual",
+    "orthogonality_regularizers", "PRESETS",
+]
+
+PRESETS = ("pointwise", "conv", "all")
+
+# model -> the SRIP regularizers `apply_srip` attached to it (for discovery by
+# CoefficientSchedule); weak, so a dropped model is not kept alive.
+_ATTACHED = weakref.WeakKeyDictionary()
+
+
+class OrthogonalityRegularizer(keras.regularizers.Regularizer):
+    """Base: coefficient (a non-trainable tf.Variable) times `penalty(kernel)`."""
+
+    def __init__(self, coefficient=1e-2, layout="auto"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"{type(self).__name__}: layout={layout!r} is not one of {LAYOUTS}.")
+        self.layout = layout
+        # Lifted out of any function being traced; under a strategy scope this
+        # becomes a mirrored variable that callbacks assign from cross-replica.
+        with tf.init_scope():
+            self.coefficient = tf.Variable(
+                float(coefficient), trainable=False, dtype=tf.float32,
+                name=f"{type(self).__name__.lower()}_coefficient")
+
+    def __call__(self, kernel):
+        return self.coefficient * self.penalty(kernel)
+
+    def penalty(self, kernel, layout=None):
+        """The unscaled penalty of one kernel (a float32 scalar)."""
+        raise NotImplementedError
+
+    def _matrix(self, kernel, layout):
+        return kernel_matrix(kernel, layout or self.layout)
+
+    def get_config(self):
+        return {"coefficient": float(keras.backend.get_value(self.coefficient)),
+                "layout": self.layout}
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class SRIP(OrthogonalityRegularizer):
+    """Spectral restricted isometry property regularizer (Bansal et al. 2018).
+
+    penalty(W) = sigma(G - I) (or sigma^2 with `squared=True`), G the smaller of
+    W^T W and W W^T, sigma estimated by `power_iterations` products per call
+    (2 in the paper). For each kernel *variable* the power-iteration vector
+    persists between calls in a non-trainable variable (as in spectral
+    normalization), so the estimate tracks sigma closely across steps; it is
+    created on first use (or by `apply_srip` up front) and is not part of the
+    model's weights, so saved models carry only this config. A plain tensor
+    starts from a fixed pseudo-random vector each call.
+
+    Args:
+      coefficient: initial multiplier (a tf.Variable; schedule it with
+        `mntk.callbacks.CoefficientSchedule`).
+      power_iterations: matrix-vector products per call (>= 1).
+      squared: penalize sigma^2 (WRN / KAIST code) instead of sigma (paper).
+      layout: "auto" (depthwise for a variable named `depthwise_kernel`,
+        else conv/dense), "matrix" or "depthwise".
+    """
+
+    def __init__(self, coefficient=1e-2, power_iterations=2, squared=False, layout="auto"):
+        super().__init__(coefficient, layout)
+        if int(power_iterations) < 1:
+            raise ValueError(f"SRIP: power_iterations must be >= 1, got {power_iterations!r}.")
+        self.power_iterations = int(power_iterations)
+        self.squared = bool(squared)
+        self._vectors = {}  # id(kernel variable) -> (kernel, vector variable)
+        self._lock = threading.Lock()  # MirroredStrategy traces replicas in threads
+
+    def vector_for(self, kernel, layout=None):
+        """The persistent power-iteration vector of a kernel variable (created once)."""
+        with self._lock:
+            entry = self._vectors.get(id(kernel))
+            if entry is None:
+                size = gram_residual(self._matrix(kernel, layout)).shape[-1]
+                with tf.init_scope():
+                    # ON_READ + MEAN, like BatchNorm's moving statistics: each
+                    # replica updates its own copy in replica context; all copies
+                    # see the same mirrored kernel, so they stay equal.
+                    start = tf.math.l2_normalize(tf.random.normal([size]))
+                    vector = tf.Variable(
+                        start, trainable=False, name="srip_vector",
+                        synchronization=tf.VariableSynchronization.ON_READ,
+                        aggregation=tf.VariableAggregation.MEAN)
+                entry = (kernel, vector)
+                self._vectors[id(kernel)] = entry
+            return entry[1]
+
+    def penalty(self, kernel, layout=None):
+        residual = gram_residual(self._matrix(kernel, layout))
+        if not isinstance(kernel, tf.Variable):
+            estimate, _ = spectral_norm_estimate(
+                residual, self.power_iterations, squared=self.squared)
+            return estimate
+        vector = self.vector_for(kernel, layout)
+        estimate, next_vector = spectral_norm_estimate(
+            residual, self.power_iterations, vector=vector, squared=self.squared)
+        with tf.control_dependencies([vector.assign(next_vector)]):
+            return tf.identity(estimate)
+
+    def get_config(self):
+        return {**super().get_config(), "power_iterations": self.power_iterations,
+                "squared": self.squared}
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class SO(OrthogonalityRegularizer):
+    """Soft orthogonality: coefficient * ||W^T W - I||_F^2 (Bansal et al. 2018)."""
+
+    def penalty(self, kernel, layout=None):
+        w = self._matrix(kernel, layout)
+        return tf.reduce_sum(tf.square(gram_residual(w, smaller=False)))
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class DSO(OrthogonalityRegularizer):
+    """Double soft orthogonality: coefficient * (||W^T W - I||_F^2 + ||W W^T - I||_F^2)."""
+
+    def penalty(self, kernel, layout=None):
+        w = self._matrix(kernel, layout)
+        return (tf.reduce_sum(tf.square(gram_residual(w, smaller=False)))
+                + tf.reduce_sum(tf.square(gram_residual(w, smaller=False, transpose=True))))
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class MC(OrthogonalityRegularizer):
+    """Mutual coherence: coefficient * max_{i != j} |cos(w_i, w_j)| over the columns of W."""
+
+    def penalty(self, kernel, layout=None):
+        w = tf.math.l2_normalize(self._matrix(kernel, layout), axis=0)
+        cosines = tf.abs(tf.matmul(w, w, transpose_a=True))
+        off_diagonal = cosines * (1.0 - tf.eye(tf.shape(cosines)[0], dtype=cosines.dtype))
+        return tf.reduce_max(off_diagonal)
+
+
+def _iter_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _iter_layers(layer)
+        else:
+            yield layer
+
+
+def _select(model, layers):
+    """[(layer name, kernel, layout)] chosen by a preset or a predicate."""
+    if callable(layers):
+        wanted = lambda layer, kind: bool(layers(unwrap_layer(layer)))  # noqa: E731
+    elif layers in PRESETS:
+        kinds = {"pointwise": {"pointwise"}, "conv": {"pointwise", "conv"},
+                 "all": {"pointwise", "conv", "dense"}}[layers]
+        wanted = lambda layer, kind: kind in kinds  # noqa: E731
+    else:
+        raise ValueError(
+            f"apply_srip: layers={layers!r} is not one of {PRESETS} or a "
+            "predicate `layer -> bool`.")
+    chosen, seen = [], set()
+    for layer in _iter_layers(model):
+        for kernel, layout, kind in layer_kernels(layer):
+            if id(kernel) not in seen and wanted(layer, kind):
+                seen.add(id(kernel))
+                chosen.append((layer.name, kernel, layout))
+    return chosen
+
+
+def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
+               squared=False, reduction="sum", name="srip"):
+    """Attach SRIP to the kernels of a built model, without rebuilding it.
+
+    Adds `coefficient * sum_l sigma_l` (or the mean over layers with
+    reduction="mean", KAIST's choice with squared=True) as a model loss through
+    `model.add_loss`, and a metric `name` (the unscaled sum or mean of
+    sigma_l) that Keras shows in fit/evaluate logs, History and TensorBoard.
+    Kernels inside tfmot pruning and QAT wrappers are regularized as their
+    latent float variables. The attachment is a training-time addition: a
+    saved and reloaded model does not carry it (call apply_srip again, or build
+    with `kernel_regularizer=SRIP(...)` to keep it in the config).
+
+    Args:
+      model: a built tf_keras model (build it in the strategy scope first).
+      coefficient: initial SRIP coefficient.
+      layers: "pointwise" (1x1 convs incl. squeeze-excite; the KAIST choice),
+        "conv" (all convolutions, depthwise too), "all" (convs and Dense), or
+        a predicate called with each (unwrapped) layer.
+      power_iterations, squared: see `SRIP`.
+      reduction: "sum" (paper) or "mean" over the selected kernels.
+      name: the metric's name in the logs.
+
+    Returns:
+      The `SRIP` regularizer; hand it (or its `.coefficient`) to
+      `mntk.callbacks.CoefficientSchedule`. Its `layer_names` lists what it covers.
+    """
+    ensure_tf_keras(model)
+    if not model.built:
+        raise ValueError(
+            f"apply_srip: model {model.name!r} is not built; call it on data or "
+            "build it with an input shape first.")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"apply_srip: reduction={reduction!r} must be 'sum' or 'mean'.")
+    targets = _select(model, layers)
+    if not targets:
+        present = sorted({f"{type(unwrap_layer(l)).__name__}" for l in _iter_layers(model)})
+        raise ValueError(
+            f"apply_srip: no layer of model {model.name!r} matches layers={layers!r} "
+            f"(layer types present: {present}); pick another preset ('pointwise', "
+            "'conv', 'all') or pass a predicate.")
+    if any(m.name == name for m in model._metrics):
+        raise ValueError(
+            f"apply_srip: model {model.name!r} already has a metric named {name!r} "
+            "(SRIP attached twice?); pass another `name`.")
+    with model.distribute_strategy.scope():
+        regularizer = SRIP(coefficient, power_iterations, squared)
+        for _, kernel, layout in targets:
+            regularizer.vector_for(kernel, layout)
+        metric = keras.metrics.Mean(name=name)
+    regularizer.layer_names = [layer_name for layer_name, _, _ in targets]
+
+    def srip_loss():
+        values = [regularizer.penalty(kernel, layout) for _, kernel, layout in targets]
+        total = tf.add_n(values)
+        if reduction == "mean":
+            total = total / float(len(values))
+        metric.update_state(total)
+        return regularizer.coefficient * total
+
+    model.add_loss(srip_loss)
+    # Model.metrics gathers every layer's `_metrics`; appending here (rather
+    # than setting an attribute) keeps the metric out of `model.layers`.
+    with model._metrics_lock:
+        model._metrics.append(metric)
+    _ATTACHED.setdefault(model, []).append(regularizer)
+    return regularizer
+
+
+def orthogonality_regularizers(model):
+    """Every orthogonality regularizer of a model: layer regularizers and apply_srip's."""
+    ensure_tf_keras(model)
+    found, seen = [], set()
+    for layer in _iter_layers(model):
+        inner = unwrap_layer(layer)
+        for attr in ("kernel_regularizer", "depthwise_regularizer", "pointwise_regularizer"):
+            candidate = getattr(inner, attr, None)
+            if isinstance(candidate, OrthogonalityRegularizer) and id(candidate) not in seen:
+                seen.add(id(candidate))
+                found.append(candidate)
+    for candidate in _ATTACHED.get(model, []):
+        if id(candidate) not in seen:
+            seen.add(id(candidate))
+            found.append(candidate)
+    return found
