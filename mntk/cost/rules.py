@@ -1,0 +1,288 @@
+"""Per-layer MicroNet counting rules.
+
+Formulas (MicroNet Challenge counter; k = kernel, N = output elements,
+nnz_c = nonzeros feeding output channel c, S = N / channels):
+  conv / depthwise / dense: mults sum_c nnz_c * S,
+    adds sum_c (nnz_c - 1) * S, + N with a bias (or a folded BatchNorm);
+  ternary kernel {-a, 0, +b} (TTQ, Zhu et al. ICLR 2017): 2 mults per output
+    element, (nnz_c - 1) adds, storage 1 sign bit per nonzero + mask + scales;
+  binary kernel {-a, +a}: multiplies count at 1 bit;
+  storage of a kernel: nonzeros at their bits + a 1-bit mask over the tensor
+    when it has any zero; biases are never sparse.
+  activations per element (mults, adds): see ACTIVATION_COSTS.
+A rule is `fn(layer, ctx) -> list of LayerCost`; add one for a custom layer
+with `mntk.cost.register_rule(MyLayer, fn)` (see `CostContext`).
+"""
+import math
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from mntk.compat import keras
+from mntk.cost.report import LayerCost
+from mntk.cost.wrappers import class_names
+
+__all__ = ["ACTIVATION_COSTS", "CostContext", "register_rule", "rule_for",
+           "activation_name", "PASS_THROUGH", "kernel_row"]
+
+# (mults, adds) per output element.
+ACTIVATION_COSTS = {
+    "linear": (0, 0), "relu": (1, 0), "relu6": (2, 0), "sigmoid": (2, 1),
+    "tanh": (2, 1), "swish": (3, 1), "silu": (3, 1), "hard_sigmoid": (3, 1),
+    "hard_swish": (4, 1), "hard_silu": (4, 1), "softmax": (2, 1),
+}
+_ACTIVATION_ALIASES = {"NoOpActivation": "linear", "hardswish": "hard_swish",
+                       "hard_sigmoid_v2": "hard_sigmoid"}
+
+_RULES: Dict[type, Callable] = {}
+_NAME_RULES: Dict[str, Callable] = {}
+# Layers whose output holds the input's values (so keeps its bits).
+PASS_THROUGH: set = set()
+
+
+def register_rule(layer_class, fn: Callable, *, passes_bits: bool = False):
+    """Count `layer_class` (and its subclasses) with `fn(layer, ctx)`.
+
+    `fn` returns a list of `LayerCost` rows (empty for a free layer); build
+    them with `ctx.row(...)`, `ctx.elementwise(...)` or `ctx.kernel(...)`.
+    `passes_bits=True` says the layer's output keeps its input's bits (a
+    reshape, a max): quantized inputs stay quantized through it.
+    A registered rule overrides the built-in one for that class.
+    """
+    if isinstance(layer_class, str):
+        _NAME_RULES[layer_class] = fn
+    else:
+        _RULES[layer_class] = fn
+    if passes_bits:
+        PASS_THROUGH.add(layer_class if isinstance(layer_class, str) else layer_class.__name__)
+    return fn
+
+
+def rule_for(layer) -> Optional[Callable]:
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+        if cls.__name__ in _NAME_RULES:
+            return _NAME_RULES[cls.__name__]
+    return None
+
+
+def passes_bits(layer) -> bool:
+    return bool(class_names(layer) & PASS_THROUGH)
+
+
+def activation_name(fn, where: str) -> str:
+    """Canonical name of a Keras activation (function, name or tfmot wrapper)."""
+    if fn is None:
+        return "linear"
+    if "QuantizeAwareActivation" in class_names(fn):
+        fn = fn.activation
+    if isinstance(fn, str):
+        name = fn
+    else:
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+    name = _ACTIVATION_ALIASES.get(name, name)
+    if name not in ACTIVATION_COSTS:
+        raise ValueError(
+            f"mntk.cost has no MicroNet cost for activation {name!r} of {where}; "
+            f"known: {sorted(ACTIVATION_COSTS)}. Use one of those, or wrap it in "
+            "a custom layer and count it with mntk.cost.register_rule(...).")
+    return name
+
+
+def _prod(shape) -> int:
+    return int(math.prod(int(d) for d in shape))
+
+
+class CostContext:
+    """What a rule knows about one call of a layer.
+
+    Attributes: `name` (row name), `layer_name`, `input_shapes` /
+    `output_shapes` (tuples without batch), `input_bits` (bits of each input
+    tensor), `accumulator_bits`, `freebie`, `float_bits` (bits of an
+    unquantized parameter: 32, or 16 with the freebie), `is_model_output`,
+    `folded_bn` (a following BatchNorm is folded into this layer's bias),
+    `weights` (dict short name -> WeightView, effective values).
+    """
+
+    def __init__(self, *, name, layer_name, unwrapped, input_shapes, output_shapes,
+                 input_bits, accumulator_bits, freebie, is_model_output, folded_bn):
+        self.name = name
+        self.layer_name = layer_name
+        self.unwrapped = unwrapped
+        self.weights = unwrapped.weights
+        self.input_shapes = input_shapes
+        self.output_shapes = output_shapes
+        self.input_bits = input_bits
+        self.accumulator_bits = float(accumulator_bits)
+        self.freebie = freebie
+        self.float_bits = 16.0 if freebie else 32.0
+        self.is_model_output = is_model_output
+        self.folded_bn = folded_bn
+
+    @property
+    def output_shape(self):
+        return self.output_shapes[0]
+
+    @property
+    def output_elements(self) -> int:
+        return _prod(self.output_shapes[0])
+
+    def mult_bits(self, *bits) -> float:
+        """A multiply counts max(operand bits); 16 under the freebie."""
+        if self.freebie:
+            return 16.0
+        return float(max([32.0] if not bits else bits))
+
+    def weight(self, key: str):
+        if key not in self.weights:
+            raise ValueError(f"layer {self.layer_name!r} has no weight {key!r}; "
+                             f"it has {sorted(self.weights)}.")
+        return self.weights[key]
+
+    def row(self, kind, *, suffix="", shape=None, **fields) -> LayerCost:
+        return LayerCost(name=self.name + suffix, layer=self.layer_name, kind=kind,
+                         shape=tuple(self.output_shape if shape is None else shape),
+                         **fields)
+
+    def elementwise(self, kind, mults_per_element, adds_per_element, *,
+                    elements=None, operand_bits=None, suffix="", param_bits=0.0,
+                    shape=None) -> LayerCost:
+        """A row of `mults/adds_per_element` ops on each output element."""
+        elements = self.output_elements if elements is None else elements
+        bits = self.mult_bits(*(self.input_bits if operand_bits is None else operand_bits))
+        return self.row(kind, suffix=suffix, shape=shape, bits=bits, param_bits=param_bits,
+                        mult_terms=[(mults_per_element * elements, bits)] if mults_per_element else [],
+                        add_terms=([(adds_per_element * elements, self.accumulator_bits)]
+                                   if adds_per_element else []))
+
+    def kernel(self, kind, view, channels, spatial, *, suffix="", shape=None,
+               bias=None, add_bias=False, input_bits=None) -> LayerCost:
+        return kernel_row(self, kind, view, channels, spatial, suffix=suffix, shape=shape,
+                          bias=bias, add_bias=add_bias, input_bits=input_bits)
+
+    def activation(self, fn, *, pre_bits=32.0) -> List[LayerCost]:
+        """Rows for a fused activation applied to this layer's output."""
+        name = activation_name(fn, f"layer {self.layer_name!r}")
+        if name == "linear" or (name == "softmax" and self.is_model_output):
+            return []
+        mults, adds = ACTIVATION_COSTS[name]
+        return [self.elementwise(f"act:{name}", mults, adds, operand_bits=[pre_bits],
+                                 suffix="/activation")]
+
+
+def _kernel_scheme(values: np.ndarray, nnz: int) -> str:
+    """'ternary' ({-a, 0, +b}), 'binary' ({-a, +a}) or 'dense' from the values."""
+    if values.size <= 2 or nnz == 0:
+        return "dense"
+    flat = values.ravel()
+    if np.unique(flat[:64]).size > 3:
+        return "dense"
+    nonzero = flat[flat != 0]
+    pos, neg = nonzero[nonzero > 0], nonzero[nonzero < 0]
+    if pos.size == 0 or neg.size == 0:
+        return "dense"
+    if pos.min() != pos.max() or neg.min() != neg.max():
+        return "dense"
+    if nnz == flat.size and pos[0] == -neg[0]:
+        return "binary"
+    return "ternary"
+
+
+def _per_channel(bits, channels: int, where: str) -> np.ndarray:
+    bits = np.asarray(bits, dtype=np.float64)
+    if bits.ndim == 0:
+        return np.full(channels, float(bits))
+    if bits.size != channels:
+        raise ValueError(
+            f"{where}: the quantizer's cost_bits gave {bits.size} values, but the "
+            f"kernel has {channels} output channels; return a scalar or one value "
+            "per output channel.")
+    return bits.reshape(-1)
+
+
+def kernel_row(ctx, kind, view, channels, spatial, *, suffix="", shape=None,
+               bias=None, add_bias=False, input_bits=None) -> LayerCost:
+    """The row of a kernel op: `channels` outputs, each at `spatial` positions.
+
+    `view.values` reshaped to (-1, channels) holds each output channel's
+    weights in a column. `bias` (a WeightView) or `add_bias` (a BatchNorm
+    folded into a bias-less layer) adds one value per channel and one add per
+    output element.
+    """
+    where = f"layer {ctx.layer_name!r}"
+    values = view.values.reshape(-1, channels)
+    nnz_c = np.count_nonzero(values, axis=0).astype(np.int64)
+    nnz = int(nnz_c.sum())
+    size = int(values.size)
+    mask_bits = float(size) if nnz < size else 0.0
+    scheme = _kernel_scheme(values, nnz)
+    in_bits = ctx.input_bits if input_bits is None else input_bits
+    add_counts = int(np.maximum(nnz_c - 1, 0).sum()) * spatial
+    mult_terms, add_terms = [], [(add_counts, ctx.accumulator_bits)] if add_counts else []
+    param_bits = float(view.quantizer_param_bits)
+    if scheme != "dense" and ctx.freebie:
+        raise ValueError(
+            f"freebie=True refused: {where} has a {scheme} kernel (below 16 bits); "
+            "the MicroNet freebie is for unquantized models only. Use freebie=False.")
+    if scheme == "ternary":
+        bits = 1.0
+        param_bits += nnz + mask_bits + (64.0 if view.bits is None else 0.0)
+        live = int(np.count_nonzero(nnz_c))
+        mult_terms.append((2 * live * spatial, ctx.mult_bits(32.0)))
+    elif scheme == "binary":
+        bits = 1.0
+        param_bits += size + (32.0 if view.bits is None else 0.0)
+        mult_terms.append((nnz * spatial, 1.0))
+    else:
+        bits_c = (np.full(channels, ctx.float_bits) if view.bits is None
+                  else _per_channel(view.bits, channels, where))
+        if view.bits is not None and ctx.freebie and bits_c.min() < 16:
+            raise ValueError(f"freebie=True refused: {where} is quantized to "
+                             f"{bits_c.min():g} bits (< 16). Use freebie=False.")
+        bits = float(np.mean(bits_c))
+        param_bits += float(np.dot(nnz_c, bits_c)) + mask_bits
+        by_bits: Dict[float, int] = {}
+        for count, b in zip(nnz_c.tolist(), bits_c.tolist()):
+            key = ctx.mult_bits(b, *in_bits)
+            by_bits[key] = by_bits.get(key, 0) + count * spatial
+        mult_terms.extend((count, b) for b, count in sorted(by_bits.items()) if count)
+    if bias is not None or add_bias:
+        bias_bits = ctx.float_bits
+        if bias is not None:
+            if bias.bits is not None:
+                bias_bits = float(np.max(bias.bits))
+            param_bits += float(bias.quantizer_param_bits)
+        param_bits += channels * bias_bits
+        add_terms.append((channels * spatial, ctx.accumulator_bits))
+    if ctx.folded_bn:
+        kind += "+bn"
+    return ctx.row(kind, suffix=suffix, shape=shape, bits=bits,
+                   sparsity=1.0 - nnz / size, param_bits=param_bits,
+                   mult_terms=mult_terms, add_terms=add_terms)
+
+
+def free_rule(layer, ctx):
+    return []
+
+
+def unsupported_rule(layer, ctx):
+    raise ValueError(
+        f"mntk.cost has no MicroNet rule for layer {ctx.layer_name!r} "
+        f"({type(layer).__name__}); count it with "
+        f"mntk.cost.register_rule({type(layer).__name__}, fn) where "
+        "fn(layer, ctx) returns a list of rows (see mntk.cost.rules).")
+
+
+# Layers that compute nothing at inference, or only move values.
+for _cls in (keras.layers.InputLayer, keras.layers.Reshape, keras.layers.Flatten,
+             keras.layers.Dropout, keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
+             keras.layers.ZeroPadding3D, keras.layers.Concatenate, keras.layers.Permute,
+             keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D,
+             keras.layers.GaussianNoise, keras.layers.GaussianDropout,
+             keras.layers.AlphaDropout, keras.layers.ActivityRegularization,
+             keras.layers.Identity):
+    register_rule(_cls, free_rule, passes_bits=True)
+for _cls in (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+             keras.layers.Conv3DTranspose):
+    register_rule(_cls, unsupported_rule)
