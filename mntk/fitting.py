@@ -18,23 +18,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "cosine_restarts")
 
 
-def bundle_from(data_lib, config, bundle_cls):
-    """Load ``config.data`` through ``mntk.data`` into a ``DataBundle``."""
-    d = config.data
-    kwargs = {k: v for k, v in d.items() if k not in ("name",)}
-    loaded = data_lib.load(d.name, **kwargs)
-    arrays = {}
-    for split, short in (("train", "train"), ("validation", "val"), ("test", "test")):
-        xy = getattr(loaded, f"{split}_arrays", None)
-        if xy is not None:
-            arrays[f"x_{short}"], arrays[f"y_{short}"] = xy
-    return bundle_cls(num_classes=loaded.num_classes, input_shape=tuple(loaded.input_shape),
-                      train=getattr(loaded, "train", None),
-                      validation=getattr(loaded, "validation", None),
-                      test=getattr(loaded, "test", None),
-                      steps_per_epoch=getattr(loaded, "steps_per_epoch", None), **arrays)
-
-
 def steps(ctx) -> int:
     """Training steps per epoch at the global batch size."""
     data = ctx.data
@@ -114,7 +97,7 @@ def attach_tricks(model, config, epsilon_key: str = "epsilon") -> Tuple[Dict, An
             power_iterations=int(srip_cfg.get("power_iterations", 2)),
             squared=bool(srip_cfg.get("squared", False)))
         if srip_cfg.get("schedule"):
-            callbacks.append(cb.CoefficientSchedule(srip, srip_cfg.schedule))
+            callbacks.append(cb.CoefficientSchedule(srip_cfg.schedule, target=srip))
         summary["srip"] = {k: v for k, v in srip_cfg.items()}
     als_cfg = tricks.get("adaptive_smoothing", {})
     if als_cfg.get("enabled", False):
@@ -123,7 +106,7 @@ def attach_tricks(model, config, epsilon_key: str = "epsilon") -> Tuple[Dict, An
         loss = losses.AdaptiveLabelSmoothing(classifier, epsilon=float(als_cfg[epsilon_key]),
                                              from_logits=True,
                                              refresh=als_cfg.get("refresh", "epoch"))
-        callbacks.extend(loss.callbacks())
+        callbacks.append(loss.callback())
         summary["adaptive_smoothing"] = {"epsilon": float(als_cfg[epsilon_key]),
                                          "refresh": als_cfg.get("refresh", "epoch")}
     return summary, loss, callbacks
@@ -159,6 +142,11 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
         if soft_labels(config) and y.ndim == 1:
             y = np.eye(data.num_classes, dtype=np.float32)[y]
         train_ds = epoch_keyed_dataset(data.x_train, y, gbs, int(config.seed), first, epochs)
+        if config.data.get("mix"):
+            from mntk import data as data_lib
+            train_ds = data_lib.mix_batches(train_ds, config.data.mix,
+                                            alpha=float(config.data.get("mix_alpha", 1.0)),
+                                            seed=int(config.seed) + first)
     else:
         train_ds = data.train.repeat()
     history_csv = os.path.join(_writable_dir(ctx, ""), "history.csv")
@@ -242,12 +230,6 @@ def cost_summary(ctx, model, **estimate_kwargs) -> Dict[str, Any]:
 
 
 def verify_figures(check) -> Dict[str, Any]:
-    """Flatten a ``mntk.export.verify`` result of the last (final) output."""
-    d = check.to_dict()
-    outputs = d.get("outputs")
-    if outputs:
-        last = outputs[-1] if isinstance(outputs, list) else list(outputs.values())[-1]
-        return {k: v for k, v in last.items() if k in
-                ("agreement", "max_abs_diff", "accuracy_tflite", "accuracy_keras")}
-    return {k: v for k, v in d.items() if k in
-            ("agreement", "max_abs_diff", "accuracy_tflite", "accuracy_keras")}
+    """The summary figures of a ``mntk.export.verify`` result (final output)."""
+    return {"agreement": check.agreement, "max_abs_diff": check.max_abs_diff,
+            "accuracy_tflite": check.accuracy_tflite, "accuracy_keras": check.accuracy_keras}

@@ -5,38 +5,18 @@ it reads its part of the config, updates ``ctx.model`` and returns the figures
 that go into the stage's ``summary.json``. Stages only compose mntk's public
 parts; ``mntk.train.run`` sequences them and handles resuming.
 """
-import dataclasses
 import os
-from typing import Any, Dict, Optional
-
-import numpy as np
-import tensorflow as tf
-
-from mntk.compat import keras
+from typing import Any, Dict
 from mntk import fitting
 
 
-@dataclasses.dataclass
-class DataBundle:
-    """Data as the stages need it: datasets plus in-memory arrays when small."""
-    num_classes: int
-    input_shape: tuple
-    train: Optional[tf.data.Dataset] = None
-    validation: Optional[tf.data.Dataset] = None
-    test: Optional[tf.data.Dataset] = None
-    x_train: Optional[np.ndarray] = None
-    y_train: Optional[np.ndarray] = None
-    x_val: Optional[np.ndarray] = None
-    y_val: Optional[np.ndarray] = None
-    x_test: Optional[np.ndarray] = None
-    y_test: Optional[np.ndarray] = None
-    steps_per_epoch: Optional[int] = None
-
-
-def load_data(config) -> DataBundle:
-    """Build the recipe's data from ``config.data`` (see ``mntk.data``)."""
+def load_data(config):
+    """``mntk.data.load`` with the recipe's ``config.data`` fields."""
     from mntk import data as data_lib
-    return fitting.bundle_from(data_lib, config, DataBundle)
+    fields = dict(config.data)
+    name = fields.pop("name")
+    fields.setdefault("seed", int(config.seed))
+    return data_lib.load(name, **fields)
 
 
 def merge_summary(summary: Dict[str, Any], name: str, stage: Dict[str, Any]) -> None:
