@@ -9,6 +9,7 @@ Each block's last layer is named ``block{i}_out`` so early exits can be
 attached by name.
 """
 from mntk.compat import keras
+from mntk.models.blocks import squeeze_excite
 
 layers = keras.layers
 
@@ -20,22 +21,6 @@ def _conv_bn(x, filters, kernel_size, strides, activation, name):
     if activation is not None:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
-
-
-def squeeze_excite(x, squeeze_filters, name, gate="hard_sigmoid",
-                   activation="relu"):
-    """SE gate: x * gate(W2 act(W1 GAP(x) + b1) + b2) (Hu et al., CVPR 2018).
-
-    The two projections are 1x1 convs with bias on a 1x1 map (so SRIP and
-    the cost counter see them as convs, as KAIST's entry did).
-    """
-    channels = x.shape[-1]
-    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
-    s = layers.Conv2D(squeeze_filters, 1, name=f"{name}_se_reduce")(s)
-    s = layers.Activation(activation, name=f"{name}_se_{activation}")(s)
-    s = layers.Conv2D(channels, 1, name=f"{name}_se_expand")(s)
-    s = layers.Activation(gate, name=f"{name}_se_{gate}")(s)
-    return layers.Multiply(name=f"{name}_se_scale")([x, s])
 
 
 def digits_cnn(input_shape=(16, 16, 1), num_classes=10, width=16,
