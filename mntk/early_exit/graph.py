@@ -16,7 +16,7 @@ import tensorflow as tf
 from mntk.compat import keras
 
 __all__ = ["producer_node", "ancestor_nodes", "topological_nodes",
-           "exit_structure", "build_segments", "cut_points"]
+           "exit_structure", "build_segments", "route", "cut_points"]
 
 
 def producer_node(tensor):
@@ -62,7 +62,8 @@ def _boundary(computed, needed_later, order):
 
 
 ExitStructure = collections.namedtuple(
-    "ExitStructure", ["num_exits", "boundaries", "node_sets"])
+    "ExitStructure", ["num_exits", "boundaries", "node_sets", "new_features",
+                      "routes"])
 
 
 def exit_structure(multi):
@@ -70,7 +71,11 @@ def exit_structure(multi):
 
     Returns an ``ExitStructure``: ``boundaries[i]`` is the list of input tensors
     of segment ``i`` (``boundaries[0]`` are the model inputs), ``node_sets[i]``
-    the nodes segment ``i`` computes.
+    the nodes segment ``i`` computes, ``new_features[i]`` the boundary tensors
+    segment ``i`` itself produces (its outputs after the exit logits), and
+    ``routes[i]`` says where each tensor of ``boundaries[i + 1]`` comes from:
+    ``("in", j)`` = input ``j`` of segment ``i`` passed on unchanged (a skip
+    connection over the whole segment), ``("out", k)`` = its output ``1 + k``.
     """
     keras_model_check(multi)
     outputs = list(multi.outputs)
@@ -99,14 +104,25 @@ def exit_structure(multi):
             break
         later = set().union(*ancestors[i + 1:]) - computed
         boundaries.append(_boundary(computed, later, order))
-    return ExitStructure(len(outputs) - 1, boundaries, node_sets)
+    new_features, routes = [], []
+    for i in range(len(outputs) - 1):
+        ins = {id(t): j for j, t in enumerate(boundaries[i])}
+        new = [t for t in boundaries[i + 1] if id(t) not in ins]
+        outs = {id(t): k for k, t in enumerate(new)}
+        new_features.append(new)
+        routes.append([("in", ins[id(t)]) if id(t) in ins else ("out", outs[id(t)])
+                       for t in boundaries[i + 1]])
+    return ExitStructure(len(outputs) - 1, boundaries, node_sets, new_features,
+                         routes)
 
 
 def build_segments(multi):
     """Segment sub-models sharing ``multi``'s layers.
 
-    Segment ``i < n`` maps its boundary inputs to ``[exit_i logits, *boundary
-    outputs]``; the last segment maps its inputs to the final logits.
+    Segment ``i < n`` maps its boundary inputs to ``[exit_i logits,
+    *new_features[i]]`` (tensors passed over the segment unchanged are not
+    outputs: see ``routes``); the last segment maps its inputs to the final
+    logits.
     """
     structure = exit_structure(multi)
     n = structure.num_exits
@@ -114,11 +130,17 @@ def build_segments(multi):
     for i in range(n + 1):
         ins = structure.boundaries[i]
         if i < n:
-            outs = [multi.outputs[i]] + structure.boundaries[i + 1]
+            outs = [multi.outputs[i]] + structure.new_features[i]
         else:
             outs = [multi.outputs[-1]]
         segments.append(keras.Model(ins, outs, name=f"{multi.name}_segment_{i}"))
     return segments, structure
+
+
+def route(routes, inputs, new_outputs):
+    """The next segment's inputs from this one's inputs and new outputs."""
+    return [inputs[j] if source == "in" else new_outputs[j]
+            for source, j in routes]
 
 
 def cut_points(model):

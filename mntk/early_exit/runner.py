@@ -64,6 +64,7 @@ class EarlyExitRunner:
         self.multi = multi
         self.segments, structure = graph.build_segments(multi)
         self.num_exits = structure.num_exits
+        self.routes = structure.routes
         self.thresholds, self.criterion = resolve_thresholds(
             thresholds, self.num_exits, criterion)
         self._score_thresholds = to_score(self.thresholds, self.criterion)
@@ -104,7 +105,8 @@ class EarlyExitRunner:
             if done.all():
                 break
             keep = np.flatnonzero(~done)
-            features = [tf.gather(f, keep) for f in outs[1:]]
+            features = [tf.gather(f, keep) for f in graph.route(
+                self.routes[i], features, list(outs[1:]))]
             active = active[keep]
         return logits_out, exits, latency
 
@@ -116,9 +118,11 @@ class EarlyExitRunner:
             # Trace every segment once outside the timed runs: thresholds of
             # -inf would leave later segments untraced, so call them directly.
             features = [tf.convert_to_tensor(x[:1])]
-            for forward in self._forward:
+            for i, forward in enumerate(self._forward[:-1]):
                 outs = forward(features)
-                features = list(outs[1:]) if isinstance(outs, (list, tuple)) else []
+                outs = outs if isinstance(outs, (list, tuple)) else [outs]
+                features = graph.route(self.routes[i], features, list(outs[1:]))
+            self._forward[-1](features)
             self._warm = True
         logits, exits, latency = [], [], []
         for i in range(0, len(x), batch_size):

@@ -63,7 +63,7 @@ def to_tflite_staged(multi, thresholds, directory, quantize="none",
 
     Returns the manifest (a dict).
     """
-    from mntk.early_exit.graph import build_segments
+    from mntk.early_exit.graph import build_segments, route
     from mntk.early_exit.runner import resolve_thresholds
     from mntk.export.tflite import to_tflite
 
@@ -96,12 +96,18 @@ def to_tflite_staged(multi, thresholds, directory, quantize="none",
             "inputs": list(result.input_names) or list(segment.input_names),
             "exit_output": names[0],
             "feature_outputs": names[1:],
+            # Inputs of the next stage: ["in", j] = this stage's input j passed
+            # on (a skip over the stage), ["out", k] = feature_outputs[k].
+            "next_inputs": ([list(r) for r in structure.routes[i]]
+                            if i < structure.num_exits else []),
             "bytes": int(result.bytes),
         })
         if features is not None and i < structure.num_exits:
             outs = segment.predict(features if len(features) > 1 else features[0],
                                    verbose=0, batch_size=64)
-            features = [np.asarray(o) for o in outs[1:]]
+            outs = outs if isinstance(outs, list) else [outs]
+            features = route(structure.routes[i], features,
+                             [np.asarray(o) for o in outs[1:]])
     manifest = {
         "format": FORMAT, "criterion": criterion, "thresholds": thresholds,
         "num_exits": structure.num_exits, "quantize": quantize,
@@ -177,8 +183,7 @@ class StagedRunner:
                     to_score(confidence(logits, self.criterion), self.criterion)[0]
                     >= self._score_thresholds[i]):
                 return logits[0], i
-            features = [dequantize_output(raw[n], out_details[n])
-                        for n in stage["feature_outputs"]]
+            features = self._next_inputs(stage, features, raw, out_details)
         raise AssertionError("the last stage always returns")
 
     def _warm_up(self, sample):
@@ -190,9 +195,16 @@ class StagedRunner:
             raw = runner(**{name: quantize_input(np.asarray(f, np.float32),
                                                  in_details[name])
                             for name, f in zip(names, features)})
-            features = [dequantize_output(raw[n], out_details[n])
-                        for n in stage["feature_outputs"]]
+            features = self._next_inputs(stage, features, raw, out_details)
         self._warm = True
+
+    @staticmethod
+    def _next_inputs(stage, features, raw, out_details):
+        from mntk.export.verify import dequantize_output
+        new = [dequantize_output(raw[n], out_details[n])
+               for n in stage["feature_outputs"]]
+        return [features[j] if source == "in" else new[j]
+                for source, j in stage["next_inputs"]]
 
     def predict(self, x):
         """``(logits, exit_index)`` for every sample of ``x``, one at a time."""

@@ -1,0 +1,146 @@
+"""calibrate: exit rule, targets, curve, JSON; on a small digits model."""
+import numpy as np
+import pytest
+
+import mntk
+from mntk.compat import keras
+from mntk.early_exit import (Calibration, add_exits, calibrate, compile_exits,
+                             confidence, evaluate, exit_indices)
+
+
+def digits_model():
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            name="stem")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                            name="block1_out")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu",
+                            name="block2_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from sklearn.datasets import load_digits
+    keras.utils.set_random_seed(0)
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target
+    multi = add_exits(digits_model(), at=["stem", "block1_out"], head="linear")
+    compile_exits(multi, keras.optimizers.Adam(0.01))
+    multi.fit(x[:1200], [y[:1200]] * 3, epochs=6, batch_size=64, verbose=0)
+    return multi, (x[1200:], y[1200:])
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_confidence_numpy_reference():
+    z = np.random.RandomState(0).randn(6, 5) * 3
+    p = softmax(z)
+    np.testing.assert_allclose(confidence(z, "max_softmax"), p.max(-1))
+    np.testing.assert_allclose(confidence(z, "entropy"),
+                               -(p * np.log(p)).sum(-1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("criterion", ["max_softmax", "entropy"])
+def test_exit_rule_first_passing_exit(criterion):
+    rng = np.random.RandomState(1)
+    exits = [rng.randn(50, 4) * 3, rng.randn(50, 4) * 3]
+    thresholds = [0.7, 0.5] if criterion == "max_softmax" else [0.6, 0.9]
+    got = exit_indices(exits, thresholds, criterion)
+    for n in range(50):
+        expected = 2
+        for i in range(2):
+            p = softmax(exits[i][n])
+            passed = (p.max() >= thresholds[i] if criterion == "max_softmax"
+                      else -(p * np.log(p)).sum() <= thresholds[i])
+            if passed:
+                expected = i
+                break
+        assert got[n] == expected
+
+
+@pytest.mark.parametrize("criterion", ["max_softmax", "entropy"])
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.6])
+def test_exit_rate_hit_within_one_point(trained, criterion, rate):
+    multi, data = trained
+    cal = calibrate(multi, data, criterion=criterion, exit_rate=rate)
+    assert abs(cal.exit_rate - rate) <= 0.01
+    np.testing.assert_allclose(sum(cal.exit_rates), 1.0)
+    # The reported numbers are what the thresholds do on the same data.
+    outputs = [np.asarray(o) for o in multi.predict(data[0], verbose=0)]
+    again = evaluate(outputs, data[1], cal.thresholds, criterion, cal.exit_ops)
+    np.testing.assert_allclose(again["exit_rates"], cal.exit_rates)
+    np.testing.assert_allclose(again["accuracy"], cal.accuracy)
+    np.testing.assert_allclose(cal.mean_ops, np.dot(cal.exit_rates, cal.exit_ops))
+    np.testing.assert_allclose(cal.final_accuracy,
+                               np.mean(outputs[-1].argmax(-1) == data[1]))
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.02])
+def test_max_accuracy_drop_respected_and_cheapest(trained, drop):
+    multi, data = trained
+    cal = calibrate(multi, data, max_accuracy_drop=drop, curve=True)
+    assert cal.accuracy >= cal.final_accuracy - drop - 1e-12
+    feasible = [p["mean_ops"] for p in cal.curve
+                if p["accuracy"] >= cal.final_accuracy - drop - 1e-12]
+    assert cal.mean_ops == pytest.approx(min(feasible))
+
+
+def test_mean_ops_budget(trained):
+    multi, data = trained
+    exit_ops = mntk.cost.estimate(multi).exit_ops
+    budget = 0.5 * (exit_ops[1] + exit_ops[2])
+    cal = calibrate(multi, data, mean_ops=budget, curve=True)
+    assert cal.mean_ops <= budget
+    best = max(p["accuracy"] for p in cal.curve if p["mean_ops"] <= budget)
+    assert cal.accuracy == pytest.approx(best)
+    # ops_saved is against the backbone alone (heads excluded).
+    backbone = keras.Model(multi.inputs, multi.outputs[-1])
+    baseline = mntk.cost.estimate(backbone).ops
+    assert cal.ops_saved == pytest.approx(1 - cal.mean_ops / baseline)
+    with pytest.raises(ValueError, match="cheapest"):
+        calibrate(multi, data, mean_ops=1.0)
+
+
+def test_curve_is_monotone_in_exit_rate(trained):
+    multi, data = trained
+    cal = calibrate(multi, data, exit_rate=0.5, curve=True)
+    rates = [p["exit_rate"] for p in cal.curve]
+    assert rates[0] == 1.0 and rates[-1] == 0.0
+    assert np.all(np.diff(rates) <= 0)
+
+
+def test_json_round_trip(trained, tmp_path):
+    multi, data = trained
+    cal = calibrate(multi, data, exit_rate=0.0)
+    assert cal.exit_rate == 0.0 and cal.accuracy == cal.final_accuracy
+    path = tmp_path / "calibration.json"
+    cal.to_json(path)
+    assert Calibration.from_json(str(path)) == cal
+    assert Calibration.from_json(cal.to_json()) == cal
+
+
+def test_dataset_input_matches_arrays(trained):
+    import tensorflow as tf
+    multi, (x, y) = trained
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
+    a = calibrate(multi, ds, exit_rate=0.4, verbose=True)
+    b = calibrate(multi, (x, y), exit_rate=0.4)
+    assert a.thresholds == pytest.approx(b.thresholds)
+
+
+def test_target_errors(trained):
+    multi, data = trained
+    with pytest.raises(ValueError, match="exactly one target"):
+        calibrate(multi, data)
+    with pytest.raises(ValueError, match="exactly one target"):
+        calibrate(multi, data, exit_rate=0.3, mean_ops=10.0)
+    with pytest.raises(ValueError, match="Unknown exit criterion"):
+        calibrate(multi, data, criterion="margin", exit_rate=0.3)
+    with pytest.raises(ValueError, match="Got 1 thresholds for 2 exits"):
+        exit_indices([np.zeros((2, 3))] * 2, [0.5], "max_softmax")
