@@ -22,7 +22,7 @@ class LayerCost:
         tfmot-wrapped layer).
       kind: what was counted (`conv2d`, `depthwise`, `dense`, `bn`,
         `act:relu`, `add`, ... with `+bn` when a BatchNorm was folded in,
-        `ternary`/`binary` when the kernel holds only those values).
+        `:ternary` / `:binary` when the kernel holds only those values).
       shape: output shape of the op, batch dimension dropped.
       bits: weight bits (mean over output channels) for rows with a kernel,
         else the multiply bits.

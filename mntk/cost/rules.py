@@ -257,6 +257,8 @@ def kernel_row(ctx, kind, view, channels, spatial, *, suffix="", shape=None,
         add_terms.append((channels * spatial, ctx.accumulator_bits))
     if ctx.folded_bn:
         kind += "+bn"
+    if scheme != "dense":
+        kind += ":" + scheme
     return ctx.row(kind, suffix=suffix, shape=shape, bits=bits,
                    sparsity=1.0 - nnz / size, param_bits=param_bits,
                    mult_terms=mult_terms, add_terms=add_terms)
