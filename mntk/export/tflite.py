@@ -304,7 +304,12 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
     _log(progress, f"tracing {model.name!r} ({'QAT, ' if qat else ''}"
                    f"quantize={quantize})")
     function, input_names, output_names = serving_function(model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    # A bare holder of the variables, not the model itself: a model carrying
+    # extra tracked state (apply_srip's losses/metrics) converts without any
+    # signature when passed as the trackable object.
+    holder = tf.Module()
+    holder.variables_to_keep = list(model.variables)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
     if quantize in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
