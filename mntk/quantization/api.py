@@ -1,0 +1,185 @@
+"""One-call quantization and read-outs of a quantized model."""
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from mntk.compat import ensure_tf_keras, keras
+from mntk.quantization import schemes as _schemes
+
+_qk = tfmot.quantization.keras
+_WEIGHTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def _check_model(model):
+    ensure_tf_keras(model, "model")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"quantize: expected a keras.Model, got layer {model.name!r}; "
+                        "wrap it in a Functional or Sequential model.")
+    if not isinstance(model, keras.Sequential) and not model._is_graph_network:
+        raise ValueError(
+            f"quantize: model {model.name!r} is a subclassed keras.Model; tfmot can "
+            "only quantize Sequential or Functional models. Rebuild it with the "
+            "Functional API (keras.Input -> layers -> keras.Model).")
+    nested = [l.name for l in model.layers if isinstance(l, keras.Model)]
+    if nested:
+        raise ValueError(
+            f"quantize: model {model.name!r} contains nested model(s) {nested}; "
+            "tfmot cannot quantize a model inside a model. Flatten it: call the "
+            "inner model's layers directly on the outer model's tensors.")
+    if not model.built:
+        raise ValueError(f"quantize: model {model.name!r} is not built; call "
+                         "model.build(input_shape) or build it on a keras.Input.")
+
+
+def _is_pruned(model):
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+    return any(isinstance(l, pruning_wrapper.PruneLowMagnitude) for l in model.layers)
+
+
+def default_skip(model):
+    """Names of the first conv and the last Dense (TTQ keeps them full precision)."""
+    convs = [l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)
+             and not isinstance(l, keras.layers.DepthwiseConv2D)]
+    denses = [l.name for l in model.layers if isinstance(l, keras.layers.Dense)]
+    return set(convs[:1] + denses[-1:])
+
+
+def _resolve_scheme(scheme, pruned):
+    if isinstance(scheme, str):
+        if scheme != "int8":
+            raise ValueError(f"quantize: scheme={scheme!r}; use 'int8' or a scheme "
+                             "object (TernaryScheme(), LearnedPrecisionScheme(), "
+                             "BinaryScheme()).")
+        if pruned:
+            return _prune_preserve_scheme()
+        return _qk.default_8bit.Default8BitQuantizeScheme()
+    if not hasattr(scheme, "get_quantize_registry"):
+        raise TypeError(f"quantize: scheme must be 'int8' or a tfmot QuantizeScheme, "
+                        f"got {type(scheme).__name__}.")
+    return scheme
+
+
+def _prune_preserve_scheme():
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        default_8bit_prune_preserve_quantize_scheme as pp)
+    return pp.Default8BitPrunePreserveQuantizeScheme()
+
+
+def quantize(model, scheme="int8", skip=None):
+    """Annotate and apply quantization-aware training in one call.
+
+    Args:
+      model: a built Functional or Sequential tf_keras model (a model wrapped
+        for pruning is stripped first; its zeros are kept while training).
+      scheme: "int8" (tfmot's default 8-bit scheme; its prune-preserving variant
+        for a pruned model), ``TernaryScheme()``, ``LearnedPrecisionScheme()``,
+        ``BinaryScheme()`` or any tfmot ``QuantizeScheme``.
+      skip: layer names, or a predicate ``fn(layer) -> bool``, of layers left
+        float (not annotated). None: the first conv and last Dense for the
+        ternary and binary schemes, nothing otherwise.
+
+    Returns:
+      A new QAT model (tfmot ``QuantizeWrapperV2`` layers); compile it again.
+    """
+    _check_model(model)
+    pruned = _is_pruned(model)
+    if pruned:
+        model = tfmot.sparsity.keras.strip_pruning(model)
+    scheme = _resolve_scheme(scheme, pruned)
+    if skip is None:
+        skip = default_skip(model) if getattr(scheme, "default_skip_first_last", False) else set()
+    if callable(skip):
+        skipped = {l.name for l in model.layers if skip(l)}
+    else:
+        skipped = set([skip] if isinstance(skip, str) else skip)
+        unknown = skipped - {l.name for l in model.layers}
+        if unknown:
+            raise ValueError(f"quantize: skip names {sorted(unknown)} are not layers "
+                             f"of {model.name!r}; layers: {[l.name for l in model.layers]}")
+
+    def annotate(layer):
+        if layer.name in skipped or isinstance(layer, keras.layers.InputLayer):
+            return layer
+        return _qk.quantize_annotate_layer(layer)
+
+    with _qk.quantize_scope(_schemes.custom_objects()):
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+        annotated.set_weights(model.get_weights())
+        return _qk.quantize_apply(annotated, scheme=scheme)
+
+
+def _wrappers(model):
+    return [l for l in model.layers if isinstance(l, _qk.QuantizeWrapperV2)]
+
+
+def quantized_weights(model):
+    """{layer name: effective (fake-quantized, inference-mode) kernel as numpy}."""
+    out = {}
+    for wrapper in _wrappers(model):
+        for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
+            out[wrapper.layer.name] = quantizer(weight, False, weights=qvars).numpy()
+    return out
+
+
+def _bits_of(quantizer, qvars):
+    if hasattr(quantizer, "cost_bits"):
+        return float(np.mean(quantizer.cost_bits(qvars)))
+    if hasattr(quantizer, "num_bits"):
+        return float(quantizer.num_bits)
+    raise TypeError(f"bit_widths: quantizer {type(quantizer).__name__} has neither "
+                    "cost_bits() nor num_bits.")
+
+
+def bit_widths(model):
+    """{layer name: {"weights": mean bits, "activations": bits}} of a QAT model.
+
+    Entries are None where the layer has no weight / activation quantizer.
+    """
+    out = {}
+    for wrapper in _wrappers(model):
+        entry = {"weights": None, "activations": None}
+        for _, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
+            entry["weights"] = _bits_of(quantizer, qvars)
+        acts = [(a.quantizer, getattr(a, "_post_activation_vars", None))
+                for a in getattr(wrapper, "_quantize_activations", [])
+                if hasattr(a, "_post_activation_vars")]
+        if getattr(wrapper, "_output_quantizers", None):
+            acts.append((wrapper._output_quantizers[0], wrapper._output_quantizer_vars))
+        if acts:
+            entry["activations"] = _bits_of(*acts[-1])
+        out[wrapper.layer.name] = entry
+    return out
+
+
+def mean_weight_bits(model):
+    """Parameter-weighted mean bits over the quantized kernels of a QAT model.
+
+    Per-channel bits weigh equally within a tensor (channels are equal-sized).
+    """
+    total = count = 0.0
+    for wrapper in _wrappers(model):
+        for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
+            n = float(np.prod(weight.shape))
+            total += _bits_of(quantizer, qvars) * n
+            count += n
+    return total / count if count else float("nan")
+
+
+def freeze_precision(model):
+    """Fix every learned bit width (gamma) so fine-tuning only moves ranges/weights.
+
+    Returns the names of the frozen variables. Recompile the model afterwards.
+    """
+    frozen = []
+    for wrapper in _wrappers(model):
+        quantizers = [q for _, q, _ in getattr(wrapper, "_weight_vars", [])]
+        quantizers += [a.quantizer for a in getattr(wrapper, "_quantize_activations", [])]
+        quantizers += list(getattr(wrapper, "_output_quantizers", None) or [])
+        for quantizer in quantizers:
+            if hasattr(quantizer, "trainable_bits"):
+                quantizer.trainable_bits = False  # so a saved model reloads frozen
+        for var in list(wrapper._trainable_weights):
+            if var.name.split("/")[-1].split(":")[0].endswith("_gamma"):
+                wrapper._trainable_weights.remove(var)
+                wrapper._non_trainable_weights.append(var)
+                frozen.append(var.name)
+    return frozen

@@ -1,0 +1,232 @@
+"""Learned channel-wise range and precision (the Texas-EIC MicroNet entry).
+
+Weights, per output channel c:
+
+    b_c = clip(round(8 * gamma_c), min_bits, max_bits)      (round: straight-through)
+    n_c = 2^(b_c - 1) - 1,   s_c = r_c / n_c
+    w_q = s_c * clip(round(w / s_c), -n_c, n_c)               (round: straight-through)
+
+with gamma_c and the range r_c trainable (gradients reach s_c through the
+rounding error, as in LSQ, Esser et al., ICLR 2020, arXiv 1902.08153). The grid
+is symmetric, so it is TFLite int8 per-channel with scale s_c and integers
+within +-n_c.
+
+Activations, per tensor: learned range [lo, hi] (lo <= 0 <= hi so zero is on
+the grid) and precision b; ``s = (hi - lo) / (2^b - 1)``. In TFLite an
+activation is int8, so below 8 bits it is exported in an 8-bit container with
+the same step s (FakeQuant over [lo', lo' + 255 s]) after an explicit clamp to
+the b-bit range [lo', lo' + (2^b - 1) s]: TFLite and Keras then agree.
+"""
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from mntk.compat import keras
+from mntk.quantization import _grid
+
+_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class GammaRange(keras.constraints.Constraint):
+    """Keeps gamma where round(8 * gamma) is within [min_bits, max_bits]."""
+
+    def __init__(self, min_bits, max_bits):
+        self.min_bits, self.max_bits = float(min_bits), float(max_bits)
+
+    def __call__(self, w):
+        return tf.clip_by_value(w, (self.min_bits - 0.49) / 8.0,
+                                (self.max_bits + 0.49) / 8.0)
+
+    def get_config(self):
+        return {"min_bits": self.min_bits, "max_bits": self.max_bits}
+
+
+def _check_bits(owner, init_bits, min_bits, max_bits):
+    if not 2 <= min_bits <= init_bits <= max_bits <= 8:
+        raise ValueError(
+            f"{owner}: need 2 <= min_bits <= init_bits <= max_bits <= 8, got "
+            f"min_bits={min_bits}, init_bits={init_bits}, max_bits={max_bits} "
+            "(TFLite stores weights and activations in int8).")
+
+
+def _bits(gamma, min_bits, max_bits):
+    return tf.clip_by_value(_grid.round_ste(gamma * 8.0), float(min_bits),
+                            float(max_bits))
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class LearnedPrecisionWeightQuantizer(_Quantizer):
+    """Per-channel learned range and bit width for a kernel (tfmot ``Quantizer``).
+
+    Args:
+      init_bits, min_bits, max_bits: initial / smallest / largest bit width.
+      depthwise: the kernel is a DepthwiseConv2D kernel (channels = cin*mult).
+      preserve_sparsity: keep the zeros the weight has at quantize time.
+      trainable_bits: False freezes gamma (see ``freeze_precision``).
+      per_channel: one range and bit width per output channel (False: per
+        tensor; the schemes use that for Dense kernels, see ``_grid``).
+    """
+
+    def __init__(self, init_bits=8, min_bits=2, max_bits=8, depthwise=False,
+                 preserve_sparsity=True, trainable_bits=True, per_channel=True):
+        _check_bits("LearnedPrecisionWeightQuantizer", init_bits, min_bits, max_bits)
+        self.init_bits, self.min_bits, self.max_bits = int(init_bits), int(min_bits), int(max_bits)
+        self.depthwise = bool(depthwise)
+        self.preserve_sparsity = bool(preserve_sparsity)
+        self.trainable_bits = bool(trainable_bits)
+        self.per_channel = bool(per_channel)
+
+    def build(self, tensor_shape, name, layer):
+        channels = _grid.channel_count(tensor_shape, self.depthwise, self.per_channel)
+        gamma = layer.add_weight(
+            name + "_gamma", shape=(channels,),
+            initializer=keras.initializers.Constant(self.init_bits / 8.0),
+            constraint=GammaRange(self.min_bits, self.max_bits),
+            trainable=self.trainable_bits)
+        rng = layer.add_weight(
+            name + "_range", shape=(channels,),
+            initializer=keras.initializers.Constant(1.0), trainable=True)
+        mask = _grid.build_sparsity_mask(layer, name, tensor_shape,
+                                         self.preserve_sparsity)
+        value = _grid.initial_value(layer, name)
+        if value is not None:
+            with tf.init_scope():
+                w = np.abs(value.numpy()).reshape(-1, channels)
+                rng.assign(np.maximum(w.max(axis=0), 1e-8))
+        result = {"gamma": gamma, "range": rng}
+        if mask is not None:
+            result["sparsity_mask"] = mask
+        return result
+
+    def _grid(self, weights, shape):
+        bits = _bits(weights["gamma"], self.min_bits, self.max_bits)
+        levels = tf.pow(2.0, bits - 1.0) - 1.0
+        step = tf.maximum(tf.abs(weights["range"]), 1e-8) / levels
+        return (_grid.to_kernel_shape(step, shape, self.depthwise, self.per_channel),
+                _grid.to_kernel_shape(levels, shape, self.depthwise, self.per_channel),
+                step)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        w = inputs
+        if "sparsity_mask" in weights:
+            w = w * weights["sparsity_mask"]
+        step, levels, flat_step = self._grid(weights, w.shape)
+        integers = tf.clip_by_value(_grid.round_ste(w / step), -levels, levels)
+        out = integers * step
+        if training:
+            return out
+        return _grid.export_fake_quant(out, flat_step, w.shape, self.depthwise)
+
+    def cost_bits(self, quantizer_vars):
+        """Per-output-channel bits b_c (numpy array)."""
+        gamma = np.asarray(quantizer_vars["gamma"])
+        return np.clip(np.round(gamma * 8.0), self.min_bits, self.max_bits)
+
+    def cost_params(self, quantizer_vars):
+        """One 32-bit step s_c per output channel."""
+        return int(np.asarray(quantizer_vars["gamma"]).size)
+
+    def get_config(self):
+        return {"init_bits": self.init_bits, "min_bits": self.min_bits,
+                "max_bits": self.max_bits, "depthwise": self.depthwise,
+                "preserve_sparsity": self.preserve_sparsity,
+                "trainable_bits": self.trainable_bits,
+                "per_channel": self.per_channel}
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = None
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class LearnedPrecisionActivationQuantizer(_Quantizer):
+    """Per-tensor learned range [lo, hi] and bit width for activations.
+
+    The range starts at the first training batch's min/max (a one-time
+    calibration held in the ``initialized`` variable), then is learned.
+    """
+
+    def __init__(self, init_bits=8, min_bits=2, max_bits=8, trainable_bits=True):
+        _check_bits("LearnedPrecisionActivationQuantizer", init_bits, min_bits, max_bits)
+        self.init_bits, self.min_bits, self.max_bits = int(init_bits), int(min_bits), int(max_bits)
+        self.trainable_bits = bool(trainable_bits)
+
+    def build(self, tensor_shape, name, layer):
+        sync = dict(aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        gamma = layer.add_weight(
+            name + "_gamma", shape=(),
+            initializer=keras.initializers.Constant(self.init_bits / 8.0),
+            constraint=GammaRange(self.min_bits, self.max_bits),
+            trainable=self.trainable_bits)
+        lo = layer.add_weight(name + "_lo", shape=(), trainable=True,
+                              initializer=keras.initializers.Constant(-6.0), **sync)
+        hi = layer.add_weight(name + "_hi", shape=(), trainable=True,
+                              initializer=keras.initializers.Constant(6.0), **sync)
+        initialized = layer.add_weight(
+            name + "_initialized", shape=(), trainable=False,
+            initializer=keras.initializers.Zeros(), **sync)
+        return {"gamma": gamma, "lo": lo, "hi": hi, "initialized": initialized}
+
+    @staticmethod
+    def _calibrate(x, weights):
+        def assign():
+            return tf.group(
+                weights["lo"].assign(tf.minimum(tf.reduce_min(x), 0.0)),
+                weights["hi"].assign(tf.maximum(tf.reduce_max(x), 1e-3)),
+                weights["initialized"].assign(1.0))
+        return tf.cond(weights["initialized"] > 0.5, tf.no_op, assign)
+
+    def grid(self, weights):
+        """(lo', hi', step, bits) of the b-bit grid; lo' = -zero_point * step."""
+        bits = _bits(weights["gamma"], self.min_bits, self.max_bits)
+        lo = tf.minimum(weights["lo"], 0.0)
+        hi = tf.maximum(weights["hi"], lo + 1e-3)
+        step = (hi - lo) / (tf.pow(2.0, bits) - 1.0)
+        zero_point = tf.stop_gradient(tf.round(-lo / step))
+        lo_grid = -zero_point * step
+        hi_grid = lo_grid + (hi - lo)
+        return lo_grid, hi_grid, step, bits
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        x = inputs
+        if training:
+            with tf.control_dependencies([self._calibrate(x, weights)]):
+                x = tf.identity(x)
+        lo, hi, step, _ = self.grid(weights)
+        clamped = tf.clip_by_value(x, lo, hi)
+        if training:
+            return _grid.round_ste(clamped / step) * step
+        # Export form: int8 fake-quant right after the producing op (so the
+        # converter quantizes that op's output with step s), then the b-bit
+        # clamp, then the same fake-quant again so the clamp runs in int8.
+        lo, hi, step = (tf.stop_gradient(v) for v in (lo, hi, step))
+        container = lo + 255.0 * step
+        y = tf.quantization.fake_quant_with_min_max_vars(
+            x, lo, container, num_bits=8, narrow_range=False)
+        y = tf.clip_by_value(y, lo, hi)
+        return tf.quantization.fake_quant_with_min_max_vars(
+            y, lo, container, num_bits=8, narrow_range=False)
+
+    def cost_bits(self, quantizer_vars):
+        gamma = float(np.asarray(quantizer_vars["gamma"]))
+        return float(np.clip(np.round(gamma * 8.0), self.min_bits, self.max_bits))
+
+    def cost_params(self, quantizer_vars):
+        return 0
+
+    def get_config(self):
+        return {"init_bits": self.init_bits, "min_bits": self.min_bits,
+                "max_bits": self.max_bits, "trainable_bits": self.trainable_bits}
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = None

@@ -1,0 +1,207 @@
+"""tfmot glue: a ``QuantizeConfig`` carrying mntk quantizers, a registry that
+hands it to each layer, and the ``QuantizeScheme``s users pass to
+``quantize`` / ``tfmot.quantization.keras.quantize_apply(..., scheme=...)``.
+
+The schemes reuse tfmot's default 8-bit layout transforms (Conv+BN(+ReLU)
+patterns, so BN folds into the conv at conversion) and its registry for which
+layers and attributes are quantized; only the quantizers change.
+"""
+import tensorflow_model_optimization as tfmot
+
+from mntk.compat import keras
+from mntk.quantization.binary import BinaryWeightQuantizer
+from mntk.quantization.learned import (LearnedPrecisionActivationQuantizer,
+                                       LearnedPrecisionWeightQuantizer)
+from mntk.quantization.ternary import TernaryWeightQuantizer
+
+_qk = tfmot.quantization.keras
+_Default8BitScheme = _qk.default_8bit.Default8BitQuantizeScheme
+_QuantizeConfig = _qk.QuantizeConfig
+
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_quantize_registry as _registry8)
+
+_serialize = keras.utils.serialize_keras_object
+
+
+def _deserialize(config):
+    if config is None or isinstance(config, _qk.quantizers.Quantizer):
+        return config
+    with _qk.quantize_scope():
+        return keras.utils.deserialize_keras_object(config)
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class MntkQuantizeConfig(_QuantizeConfig):
+    """Quantize ``weight_attrs`` with ``weight_quantizer`` and activations /
+    output with ``activation_quantizer`` (same contract as tfmot's
+    ``Default8BitQuantizeConfig``, with the quantizers as arguments)."""
+
+    def __init__(self, weight_attrs, activation_attrs, quantize_output,
+                 weight_quantizer=None, activation_quantizer=None):
+        self.weight_attrs = list(weight_attrs)
+        self.activation_attrs = list(activation_attrs)
+        self.quantize_output = bool(quantize_output)
+        self.weight_quantizer = _deserialize(weight_quantizer)
+        self.activation_quantizer = _deserialize(activation_quantizer)
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, a), self.weight_quantizer) for a in self.weight_attrs]
+
+    def get_activations_and_quantizers(self, layer):
+        return [(getattr(layer, a), self.activation_quantizer)
+                for a in self.activation_attrs]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        for attr, weight in zip(self.weight_attrs, quantize_weights):
+            setattr(layer, attr, weight)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        for attr, activation in zip(self.activation_attrs, quantize_activations):
+            setattr(layer, attr, activation)
+
+    def get_output_quantizers(self, layer):
+        return [self.activation_quantizer] if self.quantize_output else []
+
+    def get_config(self):
+        return {"weight_attrs": self.weight_attrs,
+                "activation_attrs": self.activation_attrs,
+                "quantize_output": self.quantize_output,
+                "weight_quantizer": _serialize(self.weight_quantizer),
+                "activation_quantizer": _serialize(self.activation_quantizer)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _default_activation_quantizer():
+    return _qk.quantizers.MovingAverageQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+
+
+class MntkQuantizeRegistry(_registry8.Default8BitQuantizeRegistry):
+    """tfmot's default registry, with weight/activation quantizers replaced.
+
+    Args:
+      weight_quantizer_fn: ``fn(layer, depthwise) -> Quantizer`` for kernels.
+      activation_quantizer_fn: ``fn() -> Quantizer`` for activations/outputs.
+    """
+
+    def __init__(self, weight_quantizer_fn, activation_quantizer_fn=None):
+        super().__init__(disable_per_axis=False)
+        self._weight_fn = weight_quantizer_fn
+        self._activation_fn = activation_quantizer_fn or _default_activation_quantizer
+
+    def get_quantize_config(self, layer):
+        config = super().get_quantize_config(layer)
+        if type(config) not in (_registry8.Default8BitQuantizeConfig,
+                                _registry8.Default8BitConvQuantizeConfig):
+            return config  # Activation layers, RNNs: tfmot's own 8-bit handling
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        weight_q = self._weight_fn(layer, depthwise) if config.weight_attrs else None
+        return MntkQuantizeConfig(config.weight_attrs, config.activation_attrs,
+                                  config.quantize_output, weight_q,
+                                  self._activation_fn())
+
+
+class _MntkScheme(_Default8BitScheme):
+    """Base: tfmot's 8-bit layout transforms + an ``MntkQuantizeRegistry``."""
+
+    #: layers quantize() leaves float unless ``skip`` says otherwise
+    default_skip_first_last = False
+
+    def __init__(self):
+        super().__init__(disable_per_axis=False)
+
+    def weight_quantizer(self, layer, depthwise):
+        raise NotImplementedError
+
+    def activation_quantizer(self):
+        return _default_activation_quantizer()
+
+    def get_quantize_registry(self):
+        return MntkQuantizeRegistry(self.weight_quantizer, self.activation_quantizer)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                         if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class TernaryScheme(_MntkScheme):
+    """TTQ weights (see ``ternary.py``), 8-bit activations (tfmot's quantizer).
+
+    By default ``quantize`` keeps the first conv and the last Dense float, as TTQ did.
+    """
+    default_skip_first_last = True
+
+    def __init__(self, threshold=0.05, init="mean", preserve_sparsity=True):
+        super().__init__()
+        self.threshold, self.init = threshold, init
+        self.preserve_sparsity = preserve_sparsity
+        TernaryWeightQuantizer(threshold, init)  # validate arguments now
+
+    def weight_quantizer(self, layer, depthwise):
+        return TernaryWeightQuantizer(self.threshold, self.init,
+                                      self.preserve_sparsity, depthwise=depthwise)
+
+
+class BinaryScheme(_MntkScheme):
+    """Binary weights sign(w) * mean|w| per channel, 8-bit activations."""
+    default_skip_first_last = True
+
+    def __init__(self, clip=1.0, preserve_sparsity=True):
+        super().__init__()
+        self.clip, self.preserve_sparsity = clip, preserve_sparsity
+
+    def weight_quantizer(self, layer, depthwise):
+        return BinaryWeightQuantizer(self.clip, depthwise, self.preserve_sparsity,
+                                     per_channel=not isinstance(layer, keras.layers.Dense))
+
+
+class LearnedPrecisionScheme(_MntkScheme):
+    """Learned per-channel weight range+bits, learned per-tensor activation
+    range+bits (see ``learned.py``).
+
+    Args:
+      init_bits, min_bits, max_bits: weight bit widths.
+      activation_init_bits, activation_min_bits, activation_max_bits:
+        activation bit widths (None: the weight values); set
+        ``learn_activations=False`` for tfmot's fixed 8-bit activations.
+    """
+
+    def __init__(self, init_bits=8, min_bits=2, max_bits=8, learn_activations=True,
+                 activation_init_bits=None, activation_min_bits=None,
+                 activation_max_bits=None, preserve_sparsity=True):
+        super().__init__()
+        self.init_bits, self.min_bits, self.max_bits = init_bits, min_bits, max_bits
+        self.learn_activations = learn_activations
+        self.activation_init_bits = activation_init_bits or init_bits
+        self.activation_min_bits = activation_min_bits or min_bits
+        self.activation_max_bits = activation_max_bits or max_bits
+        self.preserve_sparsity = preserve_sparsity
+        self.weight_quantizer(None, False)  # validate arguments now
+        self.activation_quantizer()
+
+    def weight_quantizer(self, layer, depthwise):
+        return LearnedPrecisionWeightQuantizer(
+            self.init_bits, self.min_bits, self.max_bits, depthwise,
+            self.preserve_sparsity,
+            per_channel=not isinstance(layer, keras.layers.Dense))
+
+    def activation_quantizer(self):
+        if not self.learn_activations:
+            return _default_activation_quantizer()
+        return LearnedPrecisionActivationQuantizer(
+            self.activation_init_bits, self.activation_min_bits,
+            self.activation_max_bits)
+
+
+def custom_objects():
+    """Name -> class of everything a model quantized by mntk may contain."""
+    from mntk.quantization.learned import GammaRange
+    return {c.__name__: c for c in (
+        MntkQuantizeConfig, TernaryWeightQuantizer, BinaryWeightQuantizer,
+        LearnedPrecisionWeightQuantizer, LearnedPrecisionActivationQuantizer,
+        GammaRange)}
