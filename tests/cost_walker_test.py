@@ -158,6 +158,12 @@ def test_tfmot_default_8bit_model():
     # Input comes from the 8-bit QuantizeLayer: the mults count 8/32.
     assert row.mults == nnz.sum() * 36
     assert row.ops == pytest.approx(row.mults * 8 / 32 + row.adds)
+    # The classifier reads the GAP output, which tfmot quantizes to 8 bits, with
+    # 8-bit weights: its mults count 8/32; the GAP multiplies by the 32-bit
+    # constant 1/(H*W), so its mults count 32/32.
+    [fc] = [r for r in report.layers if r.layer == "quant_fc"]
+    [gap] = [r for r in report.layers if r.layer == "quant_gap"]
+    assert (fc.mult_bits, gap.mult_bits, fc.add_bits) == (8, 32, 32)
     with pytest.raises(ValueError, match="freebie=True refused.*8 bits"):
         mntk.cost.estimate(q, freebie=True)
 

@@ -8,7 +8,7 @@ into that layer's bias, and every row is tagged with the first model output
 that needs it (for early-exit expectations).
 """
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
