@@ -30,6 +30,8 @@ LAYOUTS = ("auto", "matrix", "depthwise")
 # Below this squared norm the residual is treated as exactly zero: the gradient
 # of sqrt at 0 is infinite, and an orthogonal W must not produce NaNs.
 _TINY = 1e-30
+# Up to this many products are unrolled (the usual 1-4); more use tf.while_loop.
+_UNROLL = 4
 
 
 def _short_name(tensor) -> str:
@@ -105,8 +107,15 @@ def spectral_norm_estimate(matrix, power_iterations: int = 2, vector=None, squar
     else:
         u = tf.cast(tf.stop_gradient(tf.reshape(vector, [size])), m.dtype)
     u = tf.math.l2_normalize(u)
-    for _ in range(int(power_iterations) - 1):
-        u = tf.math.l2_normalize(tf.linalg.matvec(m, u))
+    steps = int(power_iterations) - 1
+    if steps <= _UNROLL:
+        for _ in range(steps):
+            u = tf.math.l2_normalize(tf.linalg.matvec(m, u))
+    else:  # a loop op keeps the graph small when many iterations are asked for
+        _, u = tf.while_loop(
+            lambda i, _: i < steps,
+            lambda i, u: (i + 1, tf.math.l2_normalize(tf.linalg.matvec(m, u))),
+            (tf.constant(0), u))
     v = tf.linalg.matvec(m, u)
     sigma_sq = tf.reduce_sum(tf.square(v))
     estimate = sigma_sq if squared else tf.sqrt(tf.maximum(sigma_sq, _TINY))

@@ -111,7 +111,10 @@ class SRIP(OrthogonalityRegularizer):
                     # ON_READ + MEAN, like BatchNorm's moving statistics: each
                     # replica updates its own copy in replica context; all copies
                     # see the same mirrored kernel, so they stay equal.
-                    start = tf.math.l2_normalize(tf.random.normal([size]))
+                    # Stateless: deterministic, and leaves the global RNG stream
+                    # (hence the user's initializers) untouched.
+                    start = tf.math.l2_normalize(
+                        tf.random.stateless_normal([size], seed=[size, len(self._vectors)]))
                     vector = tf.Variable(
                         start, trainable=False, name="srip_vector",
                         synchronization=tf.VariableSynchronization.ON_READ,
