@@ -96,3 +96,19 @@ def initial_value(layer, name):
         return None
     with tf.init_scope():
         return tf.convert_to_tensor(weight)
+
+
+def keep_weight_order(wrapper):
+    """Put the wrapped layer's trainable weights first, before ours.
+
+    tfmot's ``QuantizeWrapperV2.build`` lists the inner layer's trainable
+    weights first, but on load the inner layer is not built yet at that point,
+    so a quantizer with *trainable* variables (tfmot's own have none) would get
+    a different weight order on load than on save, and loading would fail.
+    """
+    inner = getattr(wrapper, "layer", None)
+    if inner is None or not hasattr(wrapper, "_trainable_weights"):
+        return
+    have = {id(v) for v in wrapper._trainable_weights}
+    missing = [w for w in inner.trainable_weights if id(w) not in have]
+    wrapper._trainable_weights[:0] = missing

@@ -37,6 +37,7 @@ class BinaryWeightQuantizer(_Quantizer):
         self.per_channel = bool(per_channel)
 
     def build(self, tensor_shape, name, layer):
+        _grid.keep_weight_order(layer)
         self._channels = _grid.channel_count(tensor_shape, self.depthwise,
                                                    self.per_channel)
         mask = _grid.build_sparsity_mask(layer, name, tensor_shape,

@@ -78,6 +78,7 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
         self.per_channel = bool(per_channel)
 
     def build(self, tensor_shape, name, layer):
+        _grid.keep_weight_order(layer)
         channels = _grid.channel_count(tensor_shape, self.depthwise, self.per_channel)
         gamma = layer.add_weight(
             name + "_gamma", shape=(channels,),
@@ -157,6 +158,7 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
         self.trainable_bits = bool(trainable_bits)
 
     def build(self, tensor_shape, name, layer):
+        _grid.keep_weight_order(layer)
         sync = dict(aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         gamma = layer.add_weight(
             name + "_gamma", shape=(),

@@ -53,6 +53,7 @@ class TernaryWeightQuantizer(_Quantizer):
         self.depthwise = bool(depthwise)
 
     def build(self, tensor_shape, name, layer):
+        _grid.keep_weight_order(layer)
         wp = layer.add_weight(name + "_wp", shape=(),
                               initializer=keras.initializers.Constant(1.0),
                               trainable=True)
