@@ -58,17 +58,23 @@ def _require_rank(x, ranks, preset, name):
             "(which also accepts flat features) or a callable head.")
 
 
-def osi_head(x, num_classes, name):
-    """OSI-AI head: DW3x3-BN-swish -> 1x1 conv-BN-swish -> GAP -> Dense."""
+def osi_head(x, num_classes, name, bn_momentum=0.99):
+    """OSI-AI head: DW3x3-BN-swish -> 1x1 conv-BN-swish -> GAP -> Dense.
+
+    ``bn_momentum``: lower it (``functools.partial(osi_head, bn_momentum=0.9)``)
+    for short runs on small data, where 0.99 leaves stale moving statistics.
+    """
     _require_rank(x, (4,), "osi", name)
     channels = int(x.shape[-1])
     x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
                                      name=f"{name}_dw")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum,
+                                        name=f"{name}_dw_bn")(x)
     x = keras.layers.Activation("swish", name=f"{name}_dw_swish")(x)
     x = keras.layers.Conv2D(channels, 1, use_bias=False,
                             name=f"{name}_pw")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum,
+                                        name=f"{name}_pw_bn")(x)
     x = keras.layers.Activation("swish", name=f"{name}_pw_swish")(x)
     x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
     return keras.layers.Dense(num_classes, name=name)(x)

@@ -80,8 +80,10 @@ def to_tflite_staged(multi, thresholds, directory, quantize="none",
     for i, segment in enumerate(segments):
         rep = None
         if features is not None:
+            # Several inputs go one sample at a time: the calibrator resizes
+            # them per element, and a short last batch breaks broadcasting ops.
             rep = features[0] if len(features) == 1 else [tuple(
-                f[j:j + 32] for f in features) for j in range(0, len(features[0]), 32)]
+                f[j:j + 1] for f in features) for j in range(len(features[0]))]
         filename = f"stage_{i}.tflite"
         if progress:
             print(f"[mntk.export] stage {i + 1}/{len(segments)}: {segment.name}",

@@ -1,0 +1,93 @@
+"""Staged TFLite export of early-exit models and StagedRunner (LiteRT)."""
+import functools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mntk import export
+from mntk.compat import keras
+from mntk.early_exit import (EarlyExitRunner, add_exits, calibrate,
+                             compile_exits, osi_head)
+
+
+def residual_model():
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = keras.layers.ReLU(name="block1_out")(x)
+    y = keras.layers.Conv2D(16, 3, padding="same", activation="relu",
+                            name="block2_inner")(x)
+    y = keras.layers.Conv2D(16, 3, padding="same", name="block2_conv")(y)
+    x = keras.layers.Add(name="block2_out")([x, y])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from sklearn.datasets import load_digits
+    keras.utils.set_random_seed(0)
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target
+    # The second exit sits inside the residual block: the skip tensor must be
+    # carried past stage 1 (manifest "next_inputs").
+    multi = add_exits(residual_model(), at=["block1_out", "block2_inner"],
+                      head=functools.partial(osi_head, bn_momentum=0.9))
+    compile_exits(multi, keras.optimizers.Adam(0.01))
+    multi.fit(x[:1200], [y[:1200]] * 3, epochs=15, batch_size=32, verbose=0)
+    cal = calibrate(multi, (x[1200:], y[1200:]), exit_rate=0.5)
+    return multi, cal, x[1200:], y[1200:], x[:300]
+
+
+def test_float_staged_equals_keras_runner(setup, tmp_path):
+    multi, cal, x, _, _ = setup
+    manifest = export.to_tflite_staged(multi, cal, str(tmp_path), progress=False)
+    with open(tmp_path / "manifest.json") as f:
+        assert json.load(f) == manifest
+    assert [s["file"] for s in manifest["stages"]] == [
+        "stage_0.tflite", "stage_1.tflite", "stage_2.tflite"]
+    assert manifest["stages"][1]["next_inputs"] == [["in", 0], ["out", 0]]
+    assert manifest["thresholds"] == cal.thresholds
+    assert all(os.path.getsize(tmp_path / s["file"]) == s["bytes"]
+               for s in manifest["stages"])
+    keras_logits, keras_exits = EarlyExitRunner(multi, cal).predict(x)
+    runner = export.StagedRunner(str(tmp_path))
+    logits, exits = runner.predict(x)
+    np.testing.assert_array_equal(exits, keras_exits)
+    np.testing.assert_allclose(logits, keras_logits, rtol=1e-4, atol=1e-4)
+    assert runner.exit_histogram.sum() == len(x)
+    assert 0 < runner.exit_rates[0] + runner.exit_rates[1] < 1
+    assert len(runner.latencies_ms) == len(x)
+
+
+def test_int8_staged_agrees(setup, tmp_path):
+    multi, cal, x, y, representative = setup
+    export.to_tflite_staged(multi, cal, str(tmp_path), quantize="int8",
+                            representative_data=representative, progress=False)
+    keras_logits, keras_exits = EarlyExitRunner(multi, cal).predict(x)
+    logits, exits = export.StagedRunner(str(tmp_path)).predict(x)
+    agreement = np.mean(logits.argmax(-1) == keras_logits.argmax(-1))
+    assert agreement >= 0.99, agreement
+    assert np.mean(exits == keras_exits) >= 0.95
+
+
+def test_single_file_multi_output_tflite(setup, tmp_path):
+    multi, _, x, y, _ = setup
+    result = export.to_tflite(multi, str(tmp_path / "all_exits.tflite"),
+                              progress=False)
+    parity = export.verify(result.path, multi, (x, y))
+    assert [o.name for o in parity.outputs] == multi.output_names
+    for output in parity.outputs:
+        assert output.agreement == 1.0
+        assert output.max_abs_diff < 1e-4
+
+
+def test_errors(setup, tmp_path):
+    multi, _, _, _, _ = setup
+    with pytest.raises(ValueError, match="Got 1 thresholds for a model with 2"):
+        export.to_tflite_staged(multi, [0.5], str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        export.StagedRunner(str(tmp_path / "nothing"))
