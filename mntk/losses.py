@@ -167,7 +167,7 @@ class AdaptiveLabelSmoothing(keras.losses.Loss):
         """A as used by the next call."""
         if self.refresh == "step":
             return class_similarity(self.kernel)
-        if not self._callback_made and not self._warned:
+        if not self._callback_made and not self._warned and not self._stored_ready():
             self._warned = True
             warnings.warn(
                 f"AdaptiveLabelSmoothing({self.classifier_name!r}, refresh='epoch') is "
@@ -191,8 +191,14 @@ class AdaptiveLabelSmoothing(keras.losses.Loss):
         return tf.cond(self.similarity_ready > 0.5,
                        lambda: tf.identity(self.similarity), compute)
 
+    def _stored_ready(self):
+        # Read eagerly even while a train function is traced: a loaded A counts.
+        with tf.init_scope():
+            return float(keras.backend.get_value(self.similarity_ready)) > 0.5
+
     def smoothed_targets(self, y_true, similarity=None):
         """(batch, C) targets: (1 - eps) y + eps * y A, y one-hot of sparse labels."""
+        y_true = tf.convert_to_tensor(y_true)
         a = self.current_similarity() if similarity is None else similarity
         if _is_sparse(y_true, self.num_classes):
             labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
@@ -274,6 +280,7 @@ class ConfidenceWeighted(keras.losses.Loss):
         self.weight_gradient = bool(weight_gradient)
 
     def call(self, y_true, y_pred):
+        y_true = tf.convert_to_tensor(y_true)
         y_pred = tf.cast(y_pred, tf.float32)
         num_classes = y_pred.shape[-1]
         if _is_sparse(y_true, num_classes):
