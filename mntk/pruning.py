@@ -1,0 +1,182 @@
+"""Magnitude pruning: thin glue over ``tfmot.sparsity.keras``.
+
+What it adds to tfmot: defaults that really prune on short runs (tfmot's
+``frequency=100`` gives zero sparsity when a run has fewer steps), end steps
+computed from epochs, a stepwise schedule with presets, the one callback tfmot
+needs (``callbacks()``), and ``sparsity(model)`` per layer. Pruning itself is
+tfmot's ``prune_low_magnitude`` (Zhu & Gupta, 2017, arXiv 1710.01878).
+
+    pruned = mntk.pruning.prune(model, target=0.6, steps_per_epoch=100, epochs=5)
+    pruned.compile(...); pruned.fit(..., callbacks=mntk.pruning.callbacks())
+    model = mntk.pruning.strip(pruned)
+"""
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from mntk.compat import ensure_tf_keras, keras
+
+_sparsity = tfmot.sparsity.keras
+
+#: Stepwise presets: (fraction of [begin_step, end_step], fraction of target).
+#: "kaist": three equal stages up to the target (the KAIST entry pruned
+#: gradually to 60% while fine-tuning); "osi": two stages. The stage
+#: boundaries are mntk's choice; the entries do not publish exact steps.
+PRESETS = {
+    "kaist": ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)),
+    "osi": ((0.0, 0.5), (0.5, 1.0)),
+}
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class StepwiseSparsity(_sparsity.PruningSchedule):
+    """Piecewise-constant sparsity: ``stages = [(step, sparsity), ...]``.
+
+    From ``step_i`` on, the target sparsity is ``sparsity_i``; the mask is
+    updated every ``frequency`` steps while ``begin_step <= step <= end_step``.
+    """
+
+    def __init__(self, stages, frequency=1, end_step=-1):
+        stages = sorted((int(s), float(v)) for s, v in stages)
+        if not stages or any(not 0.0 <= v < 1.0 for _, v in stages):
+            raise ValueError(f"StepwiseSparsity: stages={stages!r}; need a non-empty "
+                             "list of (step, sparsity) with 0 <= sparsity < 1.")
+        self.stages = stages
+        self.frequency = int(frequency)
+        self.begin_step = stages[0][0]
+        self.end_step = int(end_step)
+
+    def __call__(self, step):
+        sparsity = tf.constant(self.stages[0][1], tf.float32)
+        for start, value in self.stages[1:]:
+            sparsity = tf.where(step >= start, tf.constant(value, tf.float32), sparsity)
+        return (self._should_prune_in_step(step, self.begin_step, self.end_step,
+                                           self.frequency), sparsity)
+
+    def get_config(self):
+        return {"class_name": type(self).__name__,
+                "config": {"stages": self.stages, "frequency": self.frequency,
+                           "end_step": self.end_step}}
+
+
+def fitted_frequency(steps_per_epoch=None, total_steps=None):
+    """Mask-update period that prunes several times even on short runs."""
+    if total_steps:
+        return max(1, min(100, int(total_steps) // 20))
+    if steps_per_epoch:
+        return max(1, min(100, int(steps_per_epoch) // 4))
+    return 1
+
+
+def make_schedule(target=0.6, schedule="constant", begin_step=0, end_step=None,
+                  frequency=None, steps_per_epoch=None, epochs=None):
+    """Build a tfmot ``PruningSchedule`` from mntk's arguments (see ``prune``)."""
+    if isinstance(schedule, _sparsity.PruningSchedule):
+        return schedule
+    if not 0.0 <= float(target) < 1.0:
+        raise ValueError(f"prune: target={target!r} must be in [0, 1).")
+    if end_step is None and steps_per_epoch and epochs:
+        end_step = begin_step + int(steps_per_epoch) * int(epochs)
+    total = (end_step - begin_step) if end_step else None
+    if frequency is None:
+        frequency = fitted_frequency(steps_per_epoch, total)
+    if schedule == "constant":
+        return _sparsity.ConstantSparsity(target, begin_step, end_step or -1, frequency)
+    if end_step is None:
+        raise ValueError(f"prune: schedule={schedule!r} needs end_step, or "
+                         "steps_per_epoch and epochs to compute it.")
+    if schedule == "polynomial":
+        return _sparsity.PolynomialDecay(0.0, target, begin_step, end_step,
+                                         frequency=frequency)
+    if schedule in PRESETS:
+        span = end_step - begin_step
+        stages = [(begin_step + int(round(f * span)), target * t)
+                  for f, t in PRESETS[schedule]]
+        return StepwiseSparsity(stages, frequency, end_step)
+    raise ValueError(f"prune: schedule={schedule!r}; use 'constant', 'polynomial', "
+                     f"a preset {sorted(PRESETS)} or a tfmot PruningSchedule.")
+
+
+def prune(model, target=0.6, schedule="constant", begin_step=0, end_step=None,
+          frequency=None, steps_per_epoch=None, epochs=None, layers=None):
+    """Wrap ``model`` for magnitude pruning (tfmot ``prune_low_magnitude``).
+
+    Args:
+      model: a Functional or Sequential tf_keras model.
+      target: final fraction of zeros per pruned kernel.
+      schedule: "constant", "polynomial" (0 -> target between begin and end
+        step), a preset name ("kaist", "osi"), or a tfmot ``PruningSchedule``.
+      begin_step, end_step: optimizer steps; end_step defaults to
+        begin_step + steps_per_epoch * epochs when both are given.
+      frequency: steps between mask updates; None fits it to the run length
+        (tfmot's default of 100 never prunes a run shorter than 100 steps).
+      layers: names of layers to prune (default: every prunable layer).
+
+    Train with ``callbacks=mntk.pruning.callbacks()`` (tfmot's
+    ``UpdatePruningStep``; without it tfmot stops with an error naming it).
+    """
+    ensure_tf_keras(model, "model")
+    sched = make_schedule(target, schedule, begin_step, end_step, frequency,
+                          steps_per_epoch, epochs)
+    if layers is None:
+        return _sparsity.prune_low_magnitude(model, pruning_schedule=sched)
+    wanted = set([layers] if isinstance(layers, str) else layers)
+    unknown = wanted - {l.name for l in model.layers}
+    if unknown:
+        raise ValueError(f"prune: layers {sorted(unknown)} are not in {model.name!r}.")
+
+    def wrap(layer):
+        if layer.name in wanted:
+            return _sparsity.prune_low_magnitude(layer, pruning_schedule=sched)
+        return layer
+
+    clone = keras.models.clone_model(model, clone_function=wrap)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def callbacks(log_dir=None):
+    """The callbacks a pruning run needs: ``UpdatePruningStep`` (+ summaries)."""
+    out = [_sparsity.UpdatePruningStep()]
+    if log_dir:
+        out.append(_sparsity.PruningSummaries(log_dir=log_dir))
+    return out
+
+
+def strip(model):
+    """Remove the pruning wrappers, keeping the (sparse) weights."""
+    ensure_tf_keras(model, "model")
+    return _sparsity.strip_pruning(model)
+
+
+def _kernel_of(layer):
+    weight_vars = getattr(layer, "_weight_vars", None)  # tfmot QAT wrapper
+    if weight_vars:
+        weight, quantizer, qvars = weight_vars[0]
+        return quantizer(weight, False, weights=qvars).numpy()
+    inner = getattr(layer, "layer", layer)
+    for attr in ("kernel", "depthwise_kernel"):
+        if getattr(inner, attr, None) is not None:
+            weight = getattr(inner, attr)
+            mask = None
+            for v in getattr(layer, "weights", []):
+                if v.name.split("/")[-1].startswith("mask"):
+                    mask = v
+            value = np.asarray(weight)
+            return value * np.asarray(mask) if mask is not None else value
+    return None
+
+
+def sparsity(model):
+    """{layer name: fraction of exact zeros in its kernel}.
+
+    Works on plain, pruning-wrapped (weights x mask) and QAT models (the
+    effective fake-quantized kernel).
+    """
+    out = {}
+    for layer in model.layers:
+        kernel = _kernel_of(layer)
+        if kernel is not None:
+            name = getattr(getattr(layer, "layer", None), "name", layer.name)
+            out[name] = float(np.mean(kernel == 0.0))
+    return out
