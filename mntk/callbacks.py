@@ -134,3 +134,7 @@ class CoefficientSchedule(keras.callbacks.Callback):
             str(k): v for k, v in self.schedule.items()}
         return {"schedule": schedule, "base": self.base, "relative": self.relative,
                 "log_as": self.log_as}
+
+    @classmethod
+    def from_config(cls, config, target=None):
+        return cls(target=target, **config)
