@@ -144,3 +144,10 @@ def test_check_compatible_names_both_shapes():
     md.check_compatible(model, (16, 16, 1))
     with pytest.raises(md.DataError, match=r"\(16, 16, 1\).*\(8, 8, 1\)"):
         md.check_compatible(model, (8, 8, 1))
+
+
+def test_arrays_of_in_memory_split():
+    data = md.load("digits", batch_size=32, split="test")
+    x, y = data.arrays("train", max_examples=10)
+    np.testing.assert_array_equal(x, data.x_train[:10])
+    np.testing.assert_array_equal(y, data.y_train[:10])

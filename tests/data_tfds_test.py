@@ -143,3 +143,13 @@ def test_split_names_override_the_split_map(mock):
     raw_train, _ = _raw("cifar10", "train")
     np.testing.assert_allclose(_unnormalize(x, "cifar10"), raw_train / 255.0, atol=1e-5)
     assert data.sizes["validation"] == 50000
+
+
+def test_arrays_materialize_a_streamed_split(mock):
+    data = md.load("cifar100", batch_size=5, deterministic=True, split="test", one_hot=True)
+    x, y = data.arrays("test", max_examples=7)
+    assert x.shape == (7, 32, 32, 3) and y.shape == (7,) and y.dtype == np.int32
+    _, raw_y = _raw("cifar100", "test")
+    np.testing.assert_array_equal(y, raw_y[:7])
+    with pytest.raises(md.DataError, match="not built"):
+        data.arrays("train")

@@ -54,6 +54,31 @@ class LoadedData:
                             f"mntk.data.load({self.name!r}, ...) without split= to get all.")
         return ds
 
+    def arrays(self, split: str, max_examples: Optional[int] = None):
+        """``(x, y)`` numpy arrays of ``split`` with sparse int labels.
+
+        In-memory sets return their arrays; streamed ones (CIFAR, ImageNet)
+        read batches of the split's dataset until ``max_examples`` (all if
+        ``None``): for TFLite representative data and parity checks. One-hot
+        or mixed labels come back as their argmax.
+        """
+        stored = getattr(self, f"{split}_arrays", None) if split in SPLITS else None
+        if stored is not None:
+            x, y = stored
+            return x[:max_examples], y[:max_examples]
+        xs, ys, count = [], [], 0
+        for images, labels in self.dataset(split):
+            labels = labels.numpy()
+            xs.append(images.numpy())
+            ys.append(labels.argmax(-1) if labels.ndim == 2 else labels)
+            count += len(labels)
+            if max_examples is not None and count >= max_examples:
+                break
+        if not xs:
+            raise DataError(f"{self.name}: split {split!r} yielded no examples.")
+        x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int32)
+        return x[:max_examples], y[:max_examples]
+
     def _array(self, split, index):
         arrays = getattr(self, f"{split}_arrays")
         return None if arrays is None else arrays[index]
