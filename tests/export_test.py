@@ -197,6 +197,32 @@ def test_multi_output_files_from_other_converters(digits, tmp_path, naming):
         assert out.agreement == 1.0 and out.max_abs_diff < 1e-4
 
 
+def test_two_input_model_round_trip(digits, tmp_path):
+    image = keras.Input((8, 8, 1), name="image")
+    extra = keras.Input((4,), name="extra")
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, activation="relu")(image))
+    x = layers.Concatenate()([x, layers.Dense(8, activation="relu")(extra)])
+    model = keras.Model([image, extra], layers.Dense(10, name="logits")(x))
+    (x_img, y), _ = digits
+    x_img, y = x_img[:200], y[:200]
+    x_extra = np.random.default_rng(0).uniform(size=(200, 4)).astype("float32")
+    float_file = export.to_tflite(model, tmp_path / "f.tflite", progress=False)
+    assert float_file.input_names == ("image", "extra")
+    parity = export.verify(float_file.path, model, ([x_img, x_extra], y))
+    assert parity.agreement == 1.0 and parity.max_abs_diff < 1e-4
+    assert parity.accuracy_keras is not None
+    int8_file = export.to_tflite(model, tmp_path / "q.tflite", quantize="int8",
+                                 representative_data=[x_img, x_extra], progress=False)
+    parity = export.verify(int8_file.path, model, [x_img, x_extra])
+    assert parity.agreement >= 0.9  # untrained: near-tied logits may flip
+
+
+def test_lazy_reexports_resolve_or_raise():
+    assert {"to_tflite_staged", "StagedRunner", "size_report"} <= set(dir(export))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        export.no_such_name  # noqa: B018
+
+
 def test_agreement_against_another_model_matches_numpy(trained, digits, tmp_path):
     other = _fit(_small_cnn(name="other"), (digits[0][0][:300], digits[0][1][:300]), 1)
     path = export.to_tflite(trained, tmp_path / "a.tflite", progress=False).path

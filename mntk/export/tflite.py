@@ -78,6 +78,13 @@ class ExportResult:
         return d
 
 
+
+def _array_ndim(value):
+    """ndim of an array-like, -1 for a list/tuple/dict (a structure, not an array)."""
+    if isinstance(value, (list, tuple, dict)):
+        return -1
+    return np.ndim(value)
+
 def _log(progress, message):
     if progress:
         print(f"[mntk.export] {message}", file=sys.stderr, flush=True)
@@ -158,7 +165,7 @@ def _representative_generator(data, model, max_samples):
             # (x, y) or (x, y, w): the inputs are the first entry, unless the
             # model takes several inputs and this is the list of them.
             if n_inputs > 1 and len(element) == n_inputs and all(
-                    np.ndim(e) in (r, r - 1) for e, r in zip(element, ranks)):
+                    _array_ndim(e) in (r, r - 1) for e, r in zip(element, ranks)):
                 xs = list(element)
             else:
                 return as_inputs(element[0])
@@ -168,9 +175,27 @@ def _representative_generator(data, model, max_samples):
         # Add the batch dimension to single samples.
         return [x[None] if x.ndim == r - 1 else x for x, r in zip(xs, ranks)]
 
-    if isinstance(data, np.ndarray) or (n_inputs == 1 and tf.is_tensor(data)):
-        array = np.asarray(data, np.float32)
-        source = (array[i:i + 32] for i in range(0, len(array), 32))
+    arrays = None
+    if isinstance(data, np.ndarray) or tf.is_tensor(data):
+        arrays = [data]
+    elif isinstance(data, dict):
+        arrays = [data[n] for n in model.input_names]
+    elif (isinstance(data, (list, tuple)) and n_inputs > 1 and len(data) == n_inputs
+          and all(_array_ndim(a) == r for a, r in zip(data, ranks))):
+        arrays = list(data)
+    if arrays is not None:
+        if len(arrays) != n_inputs:
+            raise ValueError(
+                f"representative_data is one array but model {model.name!r} takes "
+                f"{n_inputs} inputs {model.input_names}; pass a list or dict of "
+                "arrays, one per input.")
+        arrays = [np.asarray(a, np.float32) for a in arrays]
+        arrays = [a[None] if a.ndim == r - 1 else a for a, r in zip(arrays, ranks)]
+        # Several inputs go one sample at a time, so that no batch of one input
+        # is ever broadcast against a differently sized batch of another.
+        step = 32 if n_inputs == 1 else 1
+        source = ([a[i:i + step] for a in arrays]
+                  for i in range(0, len(arrays[0]), step))
     elif isinstance(data, tf.data.Dataset):
         source = data.as_numpy_iterator()
     else:
@@ -185,7 +210,9 @@ def _representative_generator(data, model, max_samples):
             if len(xs[0]) == 0:
                 break
             seen += len(xs[0])
-            yield xs
+            # A dict keyed by signature input names: the calibrator maps it to the
+            # right tensors whatever order the converted graph lists them in.
+            yield dict(zip(model.input_names, xs))
             if seen >= max_samples:
                 break
         if seen == 0:

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from mntk.compat import ensure_tf_keras
+from mntk.export.tflite import _array_ndim
 
 
 @dataclasses.dataclass
@@ -136,7 +137,7 @@ def _batches(data, model, batch_size):
             return [element[n] for n in model.input_names], None
         if isinstance(element, (tuple, list)):
             if n_inputs > 1 and len(element) == n_inputs and all(
-                    np.ndim(e) in (r, r - 1) for e, r in zip(element, ranks)):
+                    _array_ndim(e) in (r, r - 1) for e, r in zip(element, ranks)):
                 return list(element), None
             x, y = element[0], (element[1] if len(element) > 1 else None)
             xs = list(x) if n_inputs > 1 and isinstance(x, (list, tuple)) else (
