@@ -1,0 +1,338 @@
+"""The one-page report: sections built from a ``Run``, rendered as Markdown or HTML.
+
+A page is a list of ``Section``s, each a title and blocks (paragraphs, tables,
+images); both renderings come from the same blocks, so the Markdown and the
+HTML always say the same thing. The HTML is self-contained: images are
+embedded as base64 ``data:`` URIs, the style sheet is inline, no scripts.
+"""
+import base64
+import dataclasses
+import html
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from mntk.report.plots import LEADERBOARD, layer_costs
+from mntk.report.run import Run, Stage, finite
+
+__all__ = ["Section", "build_sections", "to_markdown", "to_html"]
+
+
+@dataclasses.dataclass
+class Section:
+    """A titled part of the page; blocks are ("p", text), ("table", header,
+    rows) or ("img", file name, alt text)."""
+    key: str
+    title: str
+    blocks: List[Tuple] = dataclasses.field(default_factory=list)
+
+
+# ------------------------------------------------------------------ numbers
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g}{suffix}"
+    return f"{value:.4g}"
+
+
+def fmt(value: Any, kind: str = "") -> str:
+    """A cell: percentages for accuracies/rates, SI for counts, commas for bytes."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if not finite(value):
+        return str(value)
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "si":
+        return _si(value)
+    if kind == "bytes":
+        return f"{int(value):,}"
+    if kind == "score":
+        return f"{value:.6f}" if value < 0.1 else f"{value:.4f}"
+    if kind == "bits":
+        return f"{value:.2f}"
+    return f"{value:.4g}"
+
+
+def _scalars(d: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    """Flat (dotted key, scalar) pairs of a nested dict; long lists are skipped."""
+    out = []
+    if not isinstance(d, dict):
+        return out
+    for key in sorted(d):
+        value, name = d[key], f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_scalars(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            if 0 < len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value):
+                out.append((name, ", ".join(fmt(v) for v in value)))
+        elif value is not None:
+            out.append((name, value))
+    return out
+
+
+def _find(summary: Dict[str, Any], groups: Sequence[str], wanted) -> Optional[float]:
+    """A scalar whose key passes ``wanted``, at the top of ``summary`` or under one of
+    ``groups`` (the stage's own figures, e.g. ``pruning`` / ``quantization``)."""
+    for source in [summary] + [summary.get(g) for g in groups]:
+        if isinstance(source, dict):
+            for key, value in source.items():
+                if wanted(key) and finite(value):
+                    return float(value)
+    return None
+
+
+def stage_sparsity(summary: Dict[str, Any]) -> Optional[float]:
+    return _find(summary, ("pruning",),
+                 lambda k: k in ("sparsity", "mean_sparsity", "overall_sparsity",
+                                 "achieved_sparsity"))
+
+
+def stage_bits(summary: Dict[str, Any]) -> Optional[float]:
+    return _find(summary, ("quantization",),
+                 lambda k: k in ("mean_weight_bits", "mean_bits", "weight_bits",
+                                 "average_weight_bits", "bits"))
+
+
+def _cost_of(stage: Stage) -> Dict[str, Any]:
+    cost = stage.summary.get("cost")
+    if isinstance(cost, dict) and cost:
+        return cost
+    return stage.cost or {}
+
+
+def _tflite_cell(tflite: Any) -> str:
+    if not isinstance(tflite, dict) or not tflite:
+        return "-"
+    return "; ".join(f"{kind} {fmt(r.get('bytes'), 'bytes')}" for kind, r in tflite.items()
+                     if isinstance(r, dict))
+
+
+# ----------------------------------------------------------------- sections
+
+def _summary_section(run: Run) -> Section:
+    s = run.summary
+    rows = [("recipe", run.recipe)]
+    if finite(s.get("accuracy")):
+        rows.append(("test accuracy", fmt(s["accuracy"], "pct")))
+    cost = s.get("cost") if isinstance(s.get("cost"), dict) else (run.cost or {})
+    if finite(cost.get("params")):
+        rows.append(("params (32-bit equivalents)", fmt(cost["params"], "si")))
+    if finite(cost.get("ops")):
+        rows.append(("ops per example (32-bit equivalents)", fmt(cost["ops"], "si")))
+    if run.score is not None:
+        rows.append((f"MicroNet score ({run.task})", fmt(run.score, "score")))
+    for kind, r in (s.get("tflite") or {}).items():
+        if isinstance(r, dict) and finite(r.get("bytes")):
+            extra = (f", agreement {fmt(r['agreement'], 'pct')}"
+                     if finite(r.get("agreement")) else "")
+            rows.append((f"TFLite {kind}", f"{fmt(r['bytes'], 'bytes')} bytes{extra}"))
+    cal = run.calibration
+    if cal is not None and cal.get("exit_rates"):
+        rows.append(("early exit", f"{fmt(1 - cal['exit_rates'][-1], 'pct')} leave early, "
+                     f"{fmt(cal.get('ops_saved'), 'pct')} mean ops saved"))
+    sparsity, bits = stage_sparsity(s), stage_bits(s)
+    if sparsity is not None:
+        rows.append(("sparsity", fmt(sparsity, "pct")))
+    if bits is not None:
+        rows.append(("mean weight bits", fmt(bits, "bits")))
+    if finite(s.get("seconds")):
+        rows.append(("run time", f"{s['seconds']:.0f} s"))
+    blocks = [("table", ("figure", "value"), rows)]
+    if cost.get("note"):
+        blocks.append(("p", f"Note: {cost['note']}."))
+    return Section("summary", "Summary", blocks)
+
+
+def _score_section(run: Run, image: Optional[str]) -> Optional[Section]:
+    if run.score is None or run.task not in LEADERBOARD or image is None:
+        return None
+    rows = [(label, f"{value:g}", f"{run.score / value:.3g}x")
+            for label, value in LEADERBOARD[run.task]]
+    rows.append(("baseline model", "2", f"{run.score / 2.0:.3g}x"))
+    return Section("score", "MicroNet score", [
+        ("p", f"This run scores {fmt(run.score, 'score')} on the {run.task} rules "
+              "(params / P_base + ops / M_base; lower is better)."),
+        ("img", image, f"MicroNet score against the {run.task} leaderboard"),
+        ("table", ("anchor", "score", "this run / anchor"), rows)])
+
+
+def _stages_section(run: Run) -> Optional[Section]:
+    if not run.stages:
+        return None
+    sparsity = [stage_sparsity(st.summary) for st in run.stages]
+    bits = [stage_bits(st.summary) for st in run.stages]
+    header = ["stage", "accuracy", "params", "ops", "score", "TFLite bytes"]
+    header += ["sparsity"] if any(v is not None for v in sparsity) else []
+    header += ["mean bits"] if any(v is not None for v in bits) else []
+    rows = []
+    for st, sp, bt in zip(run.stages, sparsity, bits):
+        cost = _cost_of(st)
+        row = [f"{st.index}: {st.name}", fmt(st.summary.get("accuracy"), "pct"),
+               fmt(cost.get("params"), "si"), fmt(cost.get("ops"), "si"),
+               fmt(cost.get("score"), "score"), _tflite_cell(st.summary.get("tflite"))]
+        row += [fmt(sp, "pct")] if "sparsity" in header else []
+        row += [fmt(bt, "bits")] if "mean bits" in header else []
+        rows.append(row)
+    return Section("stages", "Stages", [("table", tuple(header), rows)])
+
+
+def _tflite_section(run: Run) -> Optional[Section]:
+    tflite = run.summary.get("tflite")
+    if not isinstance(tflite, dict) or not tflite:
+        return None
+    rows = [(kind, fmt(r.get("bytes"), "bytes"), fmt(r.get("agreement"), "pct"),
+             fmt(r.get("max_abs_diff")), fmt(r.get("accuracy_tflite"), "pct"),
+             fmt(r.get("accuracy_keras"), "pct"))
+            for kind, r in tflite.items() if isinstance(r, dict)]
+    return Section("tflite", "TFLite export", [
+        ("p", "Each file run with LiteRT on the test split against the Keras model."),
+        ("table", ("file", "bytes", "top-1 agreement", "max abs diff", "accuracy TFLite",
+                   "accuracy Keras"), rows)])
+
+
+def _cost_section(run: Run, image: Optional[str]) -> Optional[Section]:
+    if run.cost is None or image is None:
+        return None
+    layers = layer_costs(run.cost)
+    top = sorted(layers.items(), key=lambda kv: sum(kv[1]["ops"].values()), reverse=True)[:5]
+    rows = [(name, fmt(sum(e["params"].values()), "si"), fmt(sum(e["ops"].values()), "si"),
+             "+".join(f"{b}" for b in sorted(e["ops"], reverse=True)) or "-",
+             fmt(e["sparsity"], "pct"))
+            for name, e in top]
+    totals = (f"{len(run.cost.get('layers', []))} counted ops in {len(layers)} layers; "
+              f"params {fmt(run.cost.get('params'), 'si')}, ops "
+              f"{fmt(run.cost.get('ops'), 'si')} per example")
+    if run.cost.get("freebie"):
+        totals += " (freebie: params and multiplies at 16 bits)"
+    return Section("cost", "Cost per layer", [
+        ("p", totals + "."),
+        ("img", image, "per-layer params and ops by bit width"),
+        ("table", ("costliest layers", "params", "ops", "op bits", "sparsity"), rows)])
+
+
+def _early_exit_section(run: Run, image: Optional[str]) -> Optional[Section]:
+    cal = run.calibration
+    if cal is None or image is None:
+        return None
+    rates = cal.get("exit_rates") or []
+    rows = [("criterion", cal.get("criterion", "-")),
+            ("thresholds", ", ".join(fmt(t) for t in cal.get("thresholds", [])) or "-"),
+            ("target", ", ".join(f"{k}={v}" for k, v in (cal.get("target") or {}).items())
+             or "-"),
+            ("exit rates (per output)", ", ".join(fmt(r, "pct") for r in rates) or "-"),
+            ("accuracy with early exit", fmt(cal.get("accuracy"), "pct")),
+            ("accuracy of the final output", fmt(cal.get("final_accuracy"), "pct")),
+            ("mean ops per example", fmt(cal.get("mean_ops"), "si")),
+            ("backbone ops (no heads)", fmt(cal.get("baseline_ops"), "si")),
+            ("mean ops saved", fmt(cal.get("ops_saved"), "pct")),
+            ("calibration samples", fmt(cal.get("num_samples")))]
+    early = run.summary.get("early_exit")
+    rows += [(f"summary: {k}", fmt(v)) for k, v in _scalars(early)
+             if k not in ("curve",) and not k.startswith("calibration.curve")]
+    return Section("early_exit", "Early exit", [
+        ("img", image, "early-exit trade-off: accuracy vs mean ops"),
+        ("table", ("figure", "value"), rows)])
+
+
+def _group_section(run: Run, key: str, title: str) -> Optional[Section]:
+    pairs = _scalars(run.summary.get(key))
+    if not pairs:
+        return None
+    return Section(key, title, [("table", ("figure", "value"),
+                                 [(k, fmt(v)) for k, v in pairs])])
+
+
+def _curves_section(run: Run, image: Optional[str]) -> Optional[Section]:
+    histories = run.histories()
+    if not histories or image is None:
+        return None
+    epochs = sum(max(len(v) for v in h.values()) for _, h in histories)
+    names = ", ".join(name for name, _ in histories)
+    return Section("training", "Training curves", [
+        ("p", f"{epochs} epochs logged over {len(histories)} stage(s): {names}."),
+        ("img", image, "training curves")])
+
+
+def build_sections(run: Run, images: Dict[str, str]) -> List[Section]:
+    """The page's sections; ``images`` maps a figure key (score, cost, early_exit,
+    training) to its PNG file name. Parts the run lacks are left out."""
+    sections = [
+        _summary_section(run),
+        _score_section(run, images.get("score")),
+        _stages_section(run),
+        _tflite_section(run),
+        _cost_section(run, images.get("cost")),
+        _early_exit_section(run, images.get("early_exit")),
+        _group_section(run, "pruning", "Pruning"),
+        _group_section(run, "quantization", "Quantization"),
+        _curves_section(run, images.get("training")),
+    ]
+    return [s for s in sections if s is not None]
+
+
+# ---------------------------------------------------------------- rendering
+
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(title: str, sections: List[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if block[0] == "p":
+                lines += [block[1], ""]
+            elif block[0] == "img":
+                lines += [f"![{block[2]}]({block[1]})", ""]
+            elif block[0] == "table":
+                header, rows = block[1], block[2]
+                lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+                lines.append("|" + "---|" * len(header))
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+                lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; }
+img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+"""
+
+
+def to_html(title: str, sections: List[Section], image_dir: str) -> str:
+    """Self-contained HTML; images read from ``image_dir`` and embedded as base64."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>{esc(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+             f"<h1>{esc(title)}</h1>"]
+    nav = " | ".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)
+    parts.append(f"<nav>{nav}</nav>")
+    for section in sections:
+        parts.append(f'<section id="{esc(section.key)}"><h2>{esc(section.title)}</h2>')
+        for block in section.blocks:
+            if block[0] == "p":
+                parts.append(f"<p>{esc(block[1])}</p>")
+            elif block[0] == "img":
+                with open(os.path.join(image_dir, block[1]), "rb") as f:
+                    data = base64.b64encode(f.read()).decode("ascii")
+                parts.append(f'<img alt="{esc(block[2])}" src="data:image/png;base64,{data}">')
+            elif block[0] == "table":
+                header, rows = block[1], block[2]
+                parts.append("<table><thead><tr>" +
+                             "".join(f"<th>{esc(str(h))}</th>" for h in header) +
+                             "</tr></thead><tbody>")
+                parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
+                          for row in rows]
+                parts.append("</tbody></table>")
+        parts.append("</section>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
