@@ -36,11 +36,18 @@ def _is_pruned(model):
 
 
 def default_skip(model):
-    """Names of the first conv and the last Dense (TTQ keeps them full precision)."""
-    convs = [l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)
+    """Names of the first conv and the last Dense (TTQ keeps them full
+    precision), with the BatchNormalization that directly follows the conv."""
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)
              and not isinstance(l, keras.layers.DepthwiseConv2D)]
     denses = [l.name for l in model.layers if isinstance(l, keras.layers.Dense)]
-    return set(convs[:1] + denses[-1:])
+    names = set(denses[-1:])
+    if convs:
+        names.add(convs[0].name)
+        for node in convs[0]._outbound_nodes:
+            if isinstance(node.outbound_layer, keras.layers.BatchNormalization):
+                names.add(node.outbound_layer.name)
+    return names
 
 
 def _resolve_scheme(scheme, pruned):
@@ -51,7 +58,7 @@ def _resolve_scheme(scheme, pruned):
                              "BinaryScheme()).")
         if pruned:
             return _prune_preserve_scheme()
-        return _qk.default_8bit.Default8BitQuantizeScheme()
+        return _schemes.Int8Scheme()
     if not hasattr(scheme, "get_quantize_registry"):
         raise TypeError(f"quantize: scheme must be 'int8' or a tfmot QuantizeScheme, "
                         f"got {type(scheme).__name__}.")

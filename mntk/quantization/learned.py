@@ -122,7 +122,8 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
     def cost_bits(self, quantizer_vars):
         """Per-output-channel bits b_c (numpy array)."""
         gamma = np.asarray(quantizer_vars["gamma"])
-        return np.clip(np.round(gamma * 8.0), self.min_bits, self.max_bits)
+        bits = np.clip(np.round(gamma * 8.0), self.min_bits, self.max_bits)
+        return float(bits[0]) if bits.size == 1 else bits
 
     def cost_params(self, quantizer_vars):
         """One 32-bit step s_c per output channel."""

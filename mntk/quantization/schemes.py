@@ -21,7 +21,52 @@ _QuantizeConfig = _qk.QuantizeConfig
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
     default_8bit_quantize_registry as _registry8)
 
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_quantize_layout_transform as _layout8, default_8bit_transforms as _t8)
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E402
+    model_transformer as _model_transformer, transforms as _transforms)
+
 _serialize = keras.utils.serialize_keras_object
+
+
+class _AddReLUQuantize(_t8.LayerReLUQuantize):
+    """tfmot's Add/Conv/Dense + ReLU transform, restricted to Add.
+
+    tfmot's version gives the Conv/Dense before a ReLU a NoOpQuantizeConfig,
+    which leaves its *weights* unquantized (a tfmot bug, for 8-bit too); the
+    registry's config for them already skips output quantization.
+    """
+
+    def pattern(self):
+        return _transforms.LayerPattern("ReLU", inputs=[_transforms.LayerPattern("Add")])
+
+
+class _AddReluActivationQuantize(_t8.LayerReluActivationQuantize):
+    def pattern(self):
+        return _transforms.LayerPattern("Activation", config={"activation": "relu"},
+                                        inputs=[_transforms.LayerPattern("Add")])
+
+
+class MntkLayoutTransform(_layout8.Default8BitQuantizeLayoutTransform):
+    """tfmot's default 8-bit transforms with the ReLU fix above."""
+
+    def apply(self, model, layer_quantize_map):
+        transforms = [
+            _t8.InputLayerQuantize(), _t8.SeparableConv1DQuantize(),
+            _t8.SeparableConvQuantize(),
+            _t8.Conv2DReshapeBatchNormReLUQuantize(),
+            _t8.Conv2DReshapeBatchNormActivationQuantize(),
+            _t8.Conv2DBatchNormReLUQuantize(), _t8.Conv2DBatchNormActivationQuantize(),
+            _t8.Conv2DReshapeBatchNormQuantize(), _t8.Conv2DBatchNormQuantize(),
+            _t8.ConcatTransform6Inputs(), _t8.ConcatTransform5Inputs(),
+            _t8.ConcatTransform4Inputs(), _t8.ConcatTransform3Inputs(),
+            _t8.ConcatTransform(), _t8.DenseBatchNormQuantize(),
+            _t8.DenseBatchNormReLUQuantize(), _t8.DenseBatchNormActivationQuantize(),
+            _AddReLUQuantize(), _AddReluActivationQuantize(),
+        ]
+        return _model_transformer.ModelTransformer(
+            model, transforms, set(layer_quantize_map.keys()), layer_quantize_map
+        ).transform()
 
 
 def _deserialize(config):
@@ -80,24 +125,53 @@ def _default_activation_quantizer():
         num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
 
 
+# Layers tfmot's default registry refuses that only need their output
+# quantized (they have no weights): MicroNet-style nets use all of them.
+_OUTPUT_ONLY = (keras.layers.Multiply, keras.layers.Subtract, keras.layers.Maximum,
+                keras.layers.Minimum, keras.layers.BatchNormalization,
+                keras.layers.Rescaling)
+_TFMOT_ACTIVATIONS = ("relu", "swish", "gelu", "relu6", "linear", "softmax",
+                      "sigmoid", "tanh")
+
+
+def _activation_name(layer):
+    fn = getattr(layer, "activation", None)
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
 class MntkQuantizeRegistry(_registry8.Default8BitQuantizeRegistry):
-    """tfmot's default registry, with weight/activation quantizers replaced.
+    """tfmot's default registry, with weight/activation quantizers replaced,
+    plus output-only quantization for weightless layers tfmot refuses
+    (Multiply, standalone BatchNormalization, Activation("hard_sigmoid"), ...).
 
     Args:
-      weight_quantizer_fn: ``fn(layer, depthwise) -> Quantizer`` for kernels.
+      weight_quantizer_fn: ``fn(layer, depthwise) -> Quantizer`` for kernels,
+        or None to keep tfmot's 8-bit weight quantizers.
       activation_quantizer_fn: ``fn() -> Quantizer`` for activations/outputs.
     """
 
-    def __init__(self, weight_quantizer_fn, activation_quantizer_fn=None):
+    def __init__(self, weight_quantizer_fn=None, activation_quantizer_fn=None):
         super().__init__(disable_per_axis=False)
         self._weight_fn = weight_quantizer_fn
         self._activation_fn = activation_quantizer_fn or _default_activation_quantizer
 
+    def _gap_filled(self, layer):
+        if isinstance(layer, _OUTPUT_ONLY):
+            return True
+        return (isinstance(layer, keras.layers.Activation)
+                and _activation_name(layer) not in _TFMOT_ACTIVATIONS)
+
+    def supports(self, layer):
+        return self._gap_filled(layer) or super().supports(layer)
+
     def get_quantize_config(self, layer):
+        if self._gap_filled(layer):
+            return MntkQuantizeConfig([], [], True, None, self._activation_fn())
         config = super().get_quantize_config(layer)
-        if type(config) not in (_registry8.Default8BitQuantizeConfig,
-                                _registry8.Default8BitConvQuantizeConfig):
-            return config  # Activation layers, RNNs: tfmot's own 8-bit handling
+        if self._weight_fn is None or type(config) not in (
+                _registry8.Default8BitQuantizeConfig,
+                _registry8.Default8BitConvQuantizeConfig):
+            return config  # Activation layers, RNNs, int8: tfmot's own handling
         depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
         weight_q = self._weight_fn(layer, depthwise) if config.weight_attrs else None
         return MntkQuantizeConfig(config.weight_attrs, config.activation_attrs,
@@ -120,6 +194,9 @@ class _MntkScheme(_Default8BitScheme):
     def activation_quantizer(self):
         return _default_activation_quantizer()
 
+    def get_layout_transformer(self):
+        return MntkLayoutTransform()
+
     def get_quantize_registry(self):
         return MntkQuantizeRegistry(self.weight_quantizer, self.activation_quantizer)
 
@@ -127,6 +204,14 @@ class _MntkScheme(_Default8BitScheme):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
                          if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+class Int8Scheme(_MntkScheme):
+    """tfmot's default 8-bit scheme (its quantizers and transforms unchanged),
+    plus output quantization for the weightless layers tfmot refuses."""
+
+    def get_quantize_registry(self):
+        return MntkQuantizeRegistry(None, None)
 
 
 class TernaryScheme(_MntkScheme):

@@ -1,0 +1,109 @@
+"""TFLite file size next to the theoretical packed size of the same model.
+
+TFLite stores quantized weights as int8 (ternary, binary and 2..7-bit weights
+all take a byte each) plus per-channel scales, the graph and metadata. The
+MicroNet rules count what a packed format would need: nonzero values at their
+bits, a 1-bit mask over a sparse tensor, each extra scale at 32 bits. That
+theoretical size is ``mntk.cost.estimate(model).param_bits / 8``;
+``size_report`` puts both side by side, per layer where it can.
+"""
+import dataclasses
+import os
+from typing import List, Optional
+
+
+@dataclasses.dataclass
+class SizeRow:
+    """One layer: packed bits as ``mntk.cost`` counts them."""
+    layer: str
+    kind: str
+    bits: object
+    sparsity: float
+    packed_bytes: float
+
+
+@dataclasses.dataclass
+class SizeReport:
+    """TFLite bytes vs theoretical packed bytes.
+
+    Attributes:
+      tflite_bytes: size of the .tflite file (None without a file).
+      packed_bytes: ``param_bits / 8`` from ``mntk.cost.estimate``.
+      float32_bytes: 4 bytes per parameter (the unquantized reference).
+      ratio: tflite_bytes / packed_bytes.
+      rows: per-layer packed sizes.
+    """
+    tflite_bytes: Optional[int]
+    packed_bytes: float
+    float32_bytes: float
+    rows: List[SizeRow]
+
+    @property
+    def ratio(self):
+        return (self.tflite_bytes / self.packed_bytes
+                if self.tflite_bytes and self.packed_bytes else None)
+
+    def to_dict(self):
+        return {"tflite_bytes": self.tflite_bytes, "packed_bytes": self.packed_bytes,
+                "float32_bytes": self.float32_bytes, "ratio": self.ratio,
+                "layers": [dataclasses.asdict(r) | {"bits": _plain(r.bits)}
+                           for r in self.rows]}
+
+    def table(self):
+        lines = [f"{'layer':<28}{'kind':<14}{'bits':>8}{'sparsity':>10}{'packed B':>12}"]
+        for r in self.rows:
+            lines.append(f"{r.layer:<28}{r.kind:<14}{_short(r.bits):>8}"
+                         f"{r.sparsity:>10.2f}{r.packed_bytes:>12.1f}")
+        tfl = "-" if self.tflite_bytes is None else f"{self.tflite_bytes}"
+        lines.append(f"packed {self.packed_bytes:.0f} B, TFLite {tfl} B, "
+                     f"float32 {self.float32_bytes:.0f} B")
+        return "\n".join(lines)
+
+
+def _plain(bits):
+    try:
+        return float(bits)
+    except (TypeError, ValueError):
+        return str(bits)
+
+
+def _short(bits):
+    value = _plain(bits)
+    return f"{value:.2f}" if isinstance(value, float) else value
+
+
+def size_report(model, tflite=None, **estimate_kwargs) -> SizeReport:
+    """Bytes of a TFLite file and the packed size of ``model`` (what cost counts).
+
+    Args:
+      model: the Keras model the file was exported from (QAT or float).
+      tflite: a path, an ``ExportResult`` (``mntk.export.to_tflite``), or None.
+      **estimate_kwargs: passed to ``mntk.cost.estimate`` (e.g. ``freebie``).
+    """
+    from mntk import cost
+    report = cost.estimate(model, **estimate_kwargs)
+    path = getattr(tflite, "path", tflite)
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(f"size_report: TFLite file {path!r} does not exist; "
+                                "export it with mntk.export.to_tflite first.")
+    rows = [SizeRow(layer=r.layer, kind=r.kind, bits=r.bits,
+                    sparsity=float(r.sparsity or 0.0),
+                    packed_bytes=float(r.param_bits) / 8.0)
+            for r in report.layers if r.param_bits]
+    params = sum(int(_count(w)) for w in model.trainable_weights
+                 if not _is_quantizer_var(w))
+    return SizeReport(tflite_bytes=os.path.getsize(path) if path else None,
+                      packed_bytes=float(report.param_bits) / 8.0,
+                      float32_bytes=4.0 * params, rows=rows)
+
+
+def _count(weight):
+    n = 1
+    for d in weight.shape:
+        n *= int(d)
+    return n
+
+
+def _is_quantizer_var(weight):
+    leaf = weight.name.split("/")[-1].split(":")[0]
+    return leaf.endswith(("_wp", "_wn", "_gamma", "_range", "_lo", "_hi"))
