@@ -117,6 +117,25 @@ def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1):
                   loss=loss, metrics=[accuracy_metric(config)])
 
 
+class EpochSeededRandomness(keras.callbacks.Callback):
+    """Re-seeds every layer's random generator (dropout & co.) per epoch.
+
+    The generator state of Keras layers is not part of ``BackupAndRestore``'s
+    checkpoint; seeding it from ``(seed, epoch)`` makes epoch ``e`` draw the
+    same masks whether or not the run was resumed, like the epoch-keyed data.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in self.model._flatten_layers(include_self=False):
+            generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
+            if generator is not None:
+                generator.reset_from_seed(self.seed * 100003 + int(epoch))
+
+
 def _writable_dir(ctx, sub: str) -> str:
     """Stage sub-folder on the chief; a throw-away folder on other workers."""
     if is_chief():
@@ -151,6 +170,7 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
         train_ds = data.train.repeat()
     history_csv = os.path.join(_writable_dir(ctx, ""), "history.csv")
     all_callbacks = list(callbacks) + [
+        EpochSeededRandomness(int(config.seed)),
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_csv, append=first > 0),
         keras.callbacks.TensorBoard(_writable_dir(ctx, "tensorboard"), profile_batch=0),

@@ -168,6 +168,10 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
     from mntk import stages as stage_lib  # stages import heavy technique modules
 
     keras.utils.set_random_seed(int(config.seed))
+    # Dropout & co. draw from tf.random.Generator variables instead of stateful
+    # ops, so their RNG state is checkpointed and a resumed run continues the
+    # same random stream.
+    keras.backend.experimental.enable_tf_random_generator()
     if config.get("deterministic", False):
         tf.config.experimental.enable_op_determinism()
     os.makedirs(workdir, exist_ok=True)
