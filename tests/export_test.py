@@ -113,6 +113,7 @@ def test_int8_export_is_integer_and_agrees(trained, digits, tmp_path, form):
     result = export.to_tflite(trained, tmp_path / "q.tflite", quantize="int8",
                               representative_data=form(x_train[:300], y_train[:300]),
                               progress=False)
+    assert result.float_ops == ()
     ops, tensors = _ops_and_tensors(result.path)
     by_index = {t["index"]: t for t in tensors}
     from ai_edge_litert.interpreter import Interpreter
@@ -282,6 +283,22 @@ def test_unconvertible_op_names_the_layer(tmp_path):
     with pytest.raises(export.ExportError, match="MatrixDeterminant.*'determinant'"):
         export.to_tflite(model, tmp_path / "det.tflite", progress=False)
     assert not (tmp_path / "det.tflite").exists()
+
+
+def test_int8_refuses_ops_left_in_float_unless_allowed(tmp_path):
+    inputs = keras.Input((8,), name="vector")
+    x = layers.Lambda(tf.sin, name="sine")(layers.Dense(8)(inputs))
+    model = keras.Model(inputs, layers.Dense(2)(x))
+    rep = np.random.default_rng(0).uniform(size=(20, 8)).astype("float32")
+    with pytest.raises(export.ExportError, match="SIN in layer 'sine'.*allow_float_ops"):
+        export.to_tflite(model, tmp_path / "s.tflite", quantize="int8",
+                         representative_data=rep, progress=False)
+    result = export.to_tflite(model, tmp_path / "s.tflite", quantize="int8",
+                              representative_data=rep, allow_float_ops=True,
+                              progress=False)
+    assert result.float_ops == ("SIN@sine",)
+    parity = export.verify(result.path, model, rep)
+    assert parity.max_abs_diff < 0.1
 
 
 def test_keras3_and_non_model_objects_are_refused(tmp_path):

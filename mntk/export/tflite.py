@@ -12,10 +12,12 @@ Quantization modes (``quantize=``):
 
 - ``"none"``: float32 weights and activations.
 - ``"dynamic"``: dynamic-range quantization; weights stored int8, activations
-  quantized on the fly by the kernels, float in/out.
+  quantized on the fly by the kernels, float in/out. The converter only
+  quantizes weight tensors of >= 1024 elements; smaller ones stay float.
 - ``"int8"``: full-integer. For a float model the activation ranges come from
   ``representative_data`` (post-training calibration) and every op must have
-  an int8 kernel (``TFLITE_BUILTINS_INT8``: no silent float fallback). For a
+  an int8 kernel: the converter quietly keeps ops without one in float, so
+  ``to_tflite`` inspects the file and raises unless ``allow_float_ops=True``. For a
   tfmot quantization-aware model (it holds ``QuantizeWrapperV2`` /
   ``QuantizeLayer``) the trained ranges are used as they are, so no
   representative data is needed.
@@ -61,6 +63,8 @@ class ExportResult:
       qat: True when the model was a tfmot quantization-aware model.
       input_names / output_names: signature names, in the Keras model's order.
       seconds: wall time of the conversion.
+      float_ops: for quantize="int8", ops still computing in float32, as
+        "OP@layer" (empty for a fully integer file).
     """
     path: str
     bytes: int
@@ -70,20 +74,20 @@ class ExportResult:
     input_names: tuple = ()
     output_names: tuple = ()
     seconds: float = 0.0
+    float_ops: tuple = ()
 
     def to_dict(self):
         d = dataclasses.asdict(self)
+        d["float_ops"] = list(self.float_ops)
         d["input_names"] = list(self.input_names)
         d["output_names"] = list(self.output_names)
         return d
 
 
-
 def _array_ndim(value):
     """ndim of an array-like, -1 for a list/tuple/dict (a structure, not an array)."""
-    if isinstance(value, (list, tuple, dict)):
-        return -1
-    return np.ndim(value)
+    return -1 if isinstance(value, (list, tuple, dict)) else np.ndim(value)
+
 
 def _log(progress, message):
     if progress:
@@ -223,6 +227,29 @@ def _representative_generator(data, model, max_samples):
     return generator
 
 
+def float_ops(flatbuffer, model):
+    """[(op, layer or None)] of the ops that compute in float32 in a TFLite file.
+
+    The (de)quantize ops at float inputs/outputs are not counted.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    interpreter = Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001  (no public op list)
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if any(tensors[i]["dtype"] == np.float32 for i in indices):
+            names = [tensors[i]["name"] for i in op["outputs"] if i >= 0]
+            layer = next((lay for lay in (_layer_for(n, model) for n in names) if lay),
+                         None)
+            found.append((op["op_name"], layer))
+    return found
+
+
 def _layer_for(op_location, model):
     """The Keras layer name found in a converter error location, or None."""
     layer_names = {layer.name for layer in iter_layers(model)}
@@ -243,28 +270,13 @@ def _describe_converter_error(error, model):
             if layer:
                 break
         found.append((op, layer))
-    if not found:  # Older converters only give text.
-        for op in re.findall(r"'(tf\.[A-Za-z0-9_]+)' op", str(error)):
-            layer = None
-            for loc in re.findall(r'"([^"]*' + re.escape(op[3:]) + r'[^"]*)"',
-                                  str(error)):
-                layer = _layer_for(loc, model)
-                if layer:
-                    break
-            found.append((op, layer))
-    seen, lines = set(), []
-    for op, layer in found:
-        if (op, layer) in seen:
-            continue
-        seen.add((op, layer))
-        where = f"in layer {layer!r}" if layer else "(layer not identified)"
-        lines.append(f"op {op} {where}")
-    return lines
+    return [f"op {op} in layer {layer!r}" if layer else f"op {op} (layer not identified)"
+            for op, layer in dict.fromkeys(found)]
 
 
 def to_tflite(model, path, quantize="none", representative_data=None, *,
               inference_io="float", max_representative_samples=500,
-              progress=True) -> ExportResult:
+              allow_float_ops=False, progress=True) -> ExportResult:
     """Convert a tf_keras model to a TFLite file at ``path``.
 
     Args:
@@ -279,6 +291,9 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
         (de)quantization inside the file; "int8" makes them int8 (quantize="int8"
         only).
       max_representative_samples: calibration stops after this many samples.
+      allow_float_ops: with quantize="int8" on a float model, accept ops the
+        converter leaves in float32 (no int8 kernel) instead of raising.
+        QAT models always allow them (layers left float on purpose).
       progress: print one line per phase to stderr.
 
     Returns:
@@ -363,6 +378,16 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
         raise ExportError(
             f"TFLite conversion of {model.name!r} (quantize={quantize!r}) failed: "
             f"{detail}. {hint}") from e
+    remaining_float = float_ops(flatbuffer, model) if quantize == "int8" else []
+    if remaining_float and not qat and not allow_float_ops:
+        # The converter keeps ops without an int8 kernel in float even with
+        # TFLITE_BUILTINS_INT8; a full-integer request must not hide that.
+        listed = "; ".join(f"op {op} in layer {layer!r}" if layer else f"op {op}"
+                           for op, layer in dict.fromkeys(remaining_float))
+        raise ExportError(
+            f"quantize='int8' for {model.name!r} left ops in float32 (no int8 "
+            f"kernel): {listed}. Replace those layers with int8-capable ops, or "
+            "pass allow_float_ops=True to accept a partly float model.")
 
     try:
         with open(path, "wb") as f:
@@ -376,4 +401,6 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
     return ExportResult(path=path, bytes=len(flatbuffer), quantize=quantize,
                         inference_io=inference_io, qat=qat,
                         input_names=tuple(input_names),
-                        output_names=tuple(output_names), seconds=seconds)
+                        output_names=tuple(output_names), seconds=seconds,
+                        float_ops=tuple(f"{op}@{layer}" if layer else op
+                                        for op, layer in remaining_float))
