@@ -153,3 +153,26 @@ def test_arrays_materialize_a_streamed_split(mock):
     np.testing.assert_array_equal(y, raw_y[:7])
     with pytest.raises(md.DataError, match="not built"):
         data.arrays("train")
+
+
+def test_imagenet_eval_is_center_crop_of_decoded_image(mock):
+    data = md.load("imagenet2012", batch_size=2, image_size=24, deterministic=True,
+                   split="validation")
+    x = _unnormalize(next(iter(data.validation))[0].numpy(), "imagenet2012")
+    # (mock pixels are noise, which JPEG does not preserve: decode the same bytes)
+    raw = tfds.load("imagenet2012", split="validation", as_supervised=True,
+                    download=False, shuffle_files=False,
+                    decoders={"image": tfds.decode.SkipDecoding()})
+    first = tf.image.decode_jpeg(next(iter(raw))[0], channels=3).numpy()
+    expected = aug.resize_and_center_crop(tf.constant(first / 255.0, tf.float32), 24)
+    np.testing.assert_allclose(x[0], expected.numpy(), atol=1e-4)
+
+
+def test_jpeg_crop_matches_crop_of_decoded_image():
+    img = (np.random.default_rng(1).random((40, 30, 3)) * 255).astype(np.uint8)
+    encoded = tf.io.encode_jpeg(tf.constant(img), quality=100)
+    seed = tf.constant([4, 2], tf.int64)
+    decoded = tf.image.convert_image_dtype(tf.image.decode_jpeg(encoded), tf.float32)
+    np.testing.assert_allclose(aug.random_resized_crop_jpeg(encoded, seed, 16).numpy(),
+                               aug.random_resized_crop(decoded, seed, 16).numpy(),
+                               atol=1e-5)

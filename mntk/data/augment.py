@@ -46,6 +46,21 @@ def random_resized_crop(image, seed, size: int, area_range=(0.08, 1.0),
     return tf.image.resize(crop, (size, size), method="bilinear")
 
 
+def random_resized_crop_jpeg(encoded, seed, size: int, area_range=(0.08, 1.0),
+                             aspect_ratio_range=(3 / 4, 4 / 3)):
+    """``random_resized_crop`` on JPEG bytes, decoding only the chosen window
+    (``decode_and_crop_jpeg``): far cheaper than decoding the whole image."""
+    shape = tf.image.extract_jpeg_shape(encoded)
+    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed, min_object_covered=0.1, aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range, max_attempts=10, use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], box_size[0], box_size[1]])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    crop = tf.image.convert_image_dtype(crop, tf.float32)
+    return tf.image.resize(crop, (size, size), method="bilinear")
+
+
 def resize_and_center_crop(image, size: int, crop_fraction: float = 0.875):
     """Evaluation transform: resize the shorter side to ``size / crop_fraction``
     and cut the central ``size`` x ``size`` square (the 224/256 convention)."""

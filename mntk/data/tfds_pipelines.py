@@ -63,6 +63,9 @@ SPECS = {
 
 def _load_split(spec: TfdsSpec, tfds_split: str, data_dir, shuffle_files, seed):
     import tensorflow_datasets as tfds
+    # ImageNet images stay JPEG bytes until the crop is known (decode_and_crop).
+    decoders = ({"image": tfds.decode.SkipDecoding()}
+                if spec.native_size > 32 else None)
     if data_dir is not None and not os.path.isdir(os.path.expanduser(str(data_dir))):
         raise DataError(
             f"{spec.tfds_name}: data_dir {str(data_dir)!r} does not exist. Prepare the "
@@ -71,7 +74,8 @@ def _load_split(spec: TfdsSpec, tfds_split: str, data_dir, shuffle_files, seed):
     try:
         ds = tfds.load(spec.tfds_name, split=tfds_split, data_dir=data_dir,
                        as_supervised=True, download=False, shuffle_files=shuffle_files,
-                       read_config=tfds.ReadConfig(shuffle_seed=seed))
+                       read_config=tfds.ReadConfig(shuffle_seed=seed),
+                       decoders=decoders)
     except AssertionError as e:  # tfds signals "not prepared" with an assert
         where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
         raise DataError(
@@ -175,20 +179,23 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
 
 
 def _transform(spec: TfdsSpec, size: int, augment: bool, is_cifar: bool):
-    """uint8 image + [2] seed -> normalized float32 (size, size, 3) image."""
+    """uint8 image (CIFAR) or JPEG bytes (ImageNet) + [2] seed -> normalized
+    float32 (size, size, 3) image."""
     def fn(image, seed):
-        image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
         crop_seed, flip_seed = aug.sub_seeds(seed, 2)
         if is_cifar:
+            image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
             if augment:
                 image = aug.pad_and_random_crop(image, crop_seed, padding=4)
                 image = aug.random_flip(image, flip_seed)
             if size != spec.native_size:
                 image = tf.image.resize(image, (size, size), method="bilinear")
         elif augment:
-            image = aug.random_resized_crop(image, crop_seed, size)
+            image = aug.random_resized_crop_jpeg(image, crop_seed, size)
             image = aug.random_flip(image, flip_seed)
         else:
+            image = tf.image.decode_jpeg(image, channels=3)
+            image = tf.image.convert_image_dtype(image, tf.float32)
             image = aug.resize_and_center_crop(image, size)
         image = tf.ensure_shape(image, (size, size, 3))
         return aug.normalize(image, spec.mean, spec.std)
