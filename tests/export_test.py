@@ -75,8 +75,8 @@ def test_float_export_matches_keras_exactly(trained, digits, tmp_path):
     assert result.path == str(path) and result.quantize == "none"
     assert result.bytes == os.path.getsize(path)
     assert result.output_names == ("logits",) and result.input_names == ("image",)
-    parity = export.verify(path, trained, digits[1])
-    assert parity.samples == len(digits[1][0])
+    parity = export.verify(path, trained, digits[1], batch_size=100, progress=True)
+    assert parity.samples == len(digits[1][0])  # 4 batches, the last one short
     assert parity.agreement == 1.0
     assert parity.max_abs_diff < 1e-4
     assert parity.accuracy_tflite == parity.accuracy_keras
@@ -299,6 +299,12 @@ def test_int8_refuses_ops_left_in_float_unless_allowed(tmp_path):
     assert result.float_ops == ("SIN@sine",)
     parity = export.verify(result.path, model, rep)
     assert parity.max_abs_diff < 0.1
+
+
+def test_verify_missing_file_is_named(trained, tmp_path):
+    missing = tmp_path / "nowhere.tflite"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        export.verify(missing, trained, np.zeros((1, 8, 8, 1), np.float32))
 
 
 def test_keras3_and_non_model_objects_are_refused(tmp_path):

@@ -20,12 +20,13 @@ affine quantization scheme):
   accuracy_*     = mean_i [argmax output_i == label_i]         (with labels)
 """
 import dataclasses
+import os
 import re
 
 import numpy as np
 import tensorflow as tf
 
-from mntk.compat import ensure_tf_keras
+from mntk.compat import ensure_tf_keras, keras
 from mntk.export.tflite import _array_ndim
 
 
@@ -244,7 +245,8 @@ def _input_order(signature_inputs, input_names):
     return sorted(signature_inputs, key=key)
 
 
-def verify(tflite_path, model, data, batch_size=256, num_threads=None) -> VerifyResult:
+def verify(tflite_path, model, data, batch_size=256, num_threads=None,
+           progress=False) -> VerifyResult:
     """Compare a TFLite file (LiteRT) with ``model`` (Keras) on ``data``.
 
     Args:
@@ -256,6 +258,7 @@ def verify(tflite_path, model, data, batch_size=256, num_threads=None) -> Verify
         outputs, a list/dict of labels per output or one array for all.
       batch_size: batch size used for numpy data.
       num_threads: LiteRT interpreter threads (default: LiteRT's choice).
+      progress: show a progress bar over the samples (for large data sets).
 
     Returns:
       VerifyResult (one OutputParity per output, in Keras output order).
@@ -264,11 +267,16 @@ def verify(tflite_path, model, data, batch_size=256, num_threads=None) -> Verify
 
     ensure_tf_keras(model)
     tflite_path = str(tflite_path)
+    if not os.path.isfile(tflite_path):
+        raise FileNotFoundError(
+            f"verify: no TFLite file at {tflite_path!r}; write one with "
+            "mntk.export.to_tflite(model, path) first.")
     interpreter = Interpreter(model_path=tflite_path, num_threads=num_threads)
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
         raise ValueError(f"{tflite_path} has {len(signatures)} signatures "
-                         f"{list(signatures)}; verify expects exactly one.")
+                         f"{list(signatures)}; verify expects exactly one (files from "
+                         "mntk.export.to_tflite have one).")
     runner = interpreter.get_signature_runner(next(iter(signatures)))
     input_details = runner.get_input_details()
     output_details = runner.get_output_details()
@@ -280,7 +288,10 @@ def verify(tflite_path, model, data, batch_size=256, num_threads=None) -> Verify
     keras_all = [[] for _ in output_names]
     labels_all = [[] for _ in output_names]
     has_labels = True
+    bar = keras.utils.Progbar(None, unit_name="sample") if progress else None
     for xs, y in _batches(data, model, batch_size):
+        if bar is not None:
+            bar.add(len(xs[0]))
         feed = {name: quantize_input(np.asarray(x, np.float32), input_details[name])
                 for name, x in zip(input_order, xs)}
         raw = runner(**feed)
