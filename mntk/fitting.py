@@ -102,7 +102,7 @@ def attach_tricks(model, config, epsilon_key: str = "epsilon") -> Tuple[Dict, An
     als_cfg = tricks.get("adaptive_smoothing", {})
     if als_cfg.get("enabled", False):
         from mntk import losses
-        classifier = model.get_layer(config.model.get("classifier", "logits"))
+        classifier = classifier_layer(model, config)
         loss = losses.AdaptiveLabelSmoothing(classifier, epsilon=float(als_cfg[epsilon_key]),
                                              from_logits=True,
                                              refresh=als_cfg.get("refresh", "epoch"))
@@ -112,9 +112,32 @@ def attach_tricks(model, config, epsilon_key: str = "epsilon") -> Tuple[Dict, An
     return summary, loss, callbacks
 
 
-def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1):
-    model.compile(optimizer=make_optimizer(config.train, steps_per_epoch, replicas),
+def classifier_layer(model, config):
+    """The final Dense layer named ``config.model.classifier`` (unwrapped from
+    tfmot pruning/QAT wrappers, whose inner layer keeps the name)."""
+    name = config.model.get("classifier", "logits")
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if layer.name == name or inner.name == name:
+            return inner
+    raise RecipeError(f"model {model.name!r} has no classifier layer {name!r}; set "
+                      "model.classifier to the final Dense layer's name.")
+
+
+def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1,
+                  train_cfg=None):
+    model.compile(optimizer=make_optimizer(train_cfg or config.train, steps_per_epoch, replicas),
                   loss=loss, metrics=[accuracy_metric(config)])
+
+
+def section_train_config(config, section: str):
+    """``config.train`` with the optimizer fields a stage section overrides
+    (``epochs``, ``learning_rate``, ``optimizer``, ``schedule``, ...)."""
+    merged = config.train.copy_and_resolve_references()
+    for key, value in config[section].items():
+        if key in merged:
+            merged[key] = value
+    return merged
 
 
 class EpochSeededRandomness(keras.callbacks.Callback):
@@ -168,6 +191,11 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
                                             seed=int(config.seed) + first)
     else:
         train_ds = data.train.repeat()
+    validation = _validation(config, data)
+    n_outputs = len(model.outputs)
+    if n_outputs > 1:  # multi-exit models: the same label for every output
+        train_ds = train_ds.map(lambda x, y: (x, (y,) * n_outputs))
+        validation = validation.map(lambda x, y: (x, (y,) * n_outputs))
     history_csv = os.path.join(_writable_dir(ctx, ""), "history.csv")
     all_callbacks = list(callbacks) + [
         EpochSeededRandomness(int(config.seed)),
@@ -176,10 +204,9 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
         keras.callbacks.TensorBoard(_writable_dir(ctx, "tensorboard"), profile_batch=0),
         keras.callbacks.ModelCheckpoint(
             os.path.join(_writable_dir(ctx, ""), "best.weights.h5"),
-            monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True),
+            monitor="val_loss", mode="min", save_best_only=True, save_weights_only=True),
         keras.callbacks.TerminateOnNaN(),
     ] + list(getattr(ctx, "extra_callbacks", []))
-    validation = _validation(config, data)
     model.fit(train_ds, epochs=epochs, steps_per_epoch=n_steps, validation_data=validation,
               callbacks=all_callbacks, verbose=int(config.get("verbose", 2)))
     history = read_history(history_csv)

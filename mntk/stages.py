@@ -7,6 +7,10 @@ parts; ``mntk.train.run`` sequences them and handles resuming.
 """
 import os
 from typing import Any, Dict
+
+import numpy as np
+
+from mntk.train import RecipeError
 from mntk import fitting
 
 
@@ -19,10 +23,18 @@ def load_data(config):
     return data_lib.load(name, **fields)
 
 
+# Top-level summary keys describe the trained float model (train + export
+# stages); the later stages report under their own section key.
+TOP_LEVEL = ("accuracy", "tflite", "cost", "tricks", "history")
+SECTIONS = ("early_exit", "pruning", "quantization")
+
+
 def merge_summary(summary: Dict[str, Any], name: str, stage: Dict[str, Any]) -> None:
-    """Fold a stage's figures into the run summary (later stages win)."""
-    for key in ("accuracy", "tflite", "cost", "early_exit", "quantization", "pruning",
-                "tricks", "history"):
+    """Fold a stage's figures into the run summary (first stage wins at top level)."""
+    for key in TOP_LEVEL:
+        if key in stage and key not in summary:
+            summary[key] = stage[key]
+    for key in SECTIONS:
         if key in stage:
             summary[key] = stage[key]
 
@@ -63,10 +75,135 @@ def train_stage(ctx) -> Dict[str, Any]:
     return summary
 
 
+def early_exit_stage(ctx) -> Dict[str, Any]:
+    """Exit heads on the trained model, trained with the backbone frozen (OSI),
+    calibrated on the validation split, run with per-sample exit on the test
+    split in Keras and as staged TFLite. ``ctx.model`` stays the backbone."""
+    from mntk import cost, early_exit, export
+    config, data = ctx.config, ctx.data
+    cfg = config.early_exit
+    with ctx.strategy.scope():
+        multi = early_exit.add_exits(ctx.model, at=list(cfg.at), head=cfg.get("head", "osi"))
+        loss = None
+        if cfg.get("loss", "cross_entropy") == "confidence_weighted":
+            from mntk import losses
+            loss = [losses.ConfidenceWeighted()] * (len(multi.outputs) - 1) + [
+                fitting.base_loss(config)]
+        stage_cfg = fitting.section_train_config(config, "early_exit")
+        early_exit.compile_exits(
+            multi, fitting.make_optimizer(stage_cfg, fitting.steps(ctx), ctx.replicas),
+            loss=loss, freeze_backbone=bool(cfg.get("freeze_backbone", True)))
+    fitting.fit(ctx, multi, int(stage_cfg.epochs), [])
+    target = {k: float(cfg.target[k]) for k in cfg.target}
+    cal = early_exit.calibrate(multi, (data.x_val, data.y_val),
+                               criterion=cfg.get("criterion", "max_softmax"),
+                               curve=True, verbose=0, **target)
+    for folder in (ctx.stage_dir, ctx.workdir):
+        cal.to_json(os.path.join(folder, "calibration.json"))
+    runner = early_exit.EarlyExitRunner(multi, cal)
+    logits, exits = runner.predict(data.x_test)
+    final = multi.predict(data.x_test, verbose=0)[-1]
+    rates = [float(r) for r in runner.exit_rates]
+    mean = cost.estimate(multi, exit_rates=rates)
+    backbone_ops = cost.estimate(ctx.model).ops
+    staged_dir = os.path.join(ctx.workdir, "staged_tflite")
+    export.to_tflite_staged(multi, cal, staged_dir, quantize="none", progress=False)
+    staged_logits, staged_exits = export.StagedRunner(staged_dir).predict(data.x_test)
+    multi.save(os.path.join(ctx.stage_dir, "multi.keras"))
+    accuracy = float(np.mean(np.argmax(logits, -1) == data.y_test))
+    final_accuracy = float(np.mean(np.argmax(final, -1) == data.y_test))
+    return {"early_exit": {
+        "at": list(cfg.at), "head": cfg.get("head", "osi"), "criterion": cal.criterion,
+        "thresholds": cal.thresholds, "calibration_target": target,
+        "exit_rate": float(np.mean(exits < len(multi.outputs) - 1)), "exit_rates": rates,
+        "accuracy": accuracy, "final_accuracy": final_accuracy,
+        "accuracy_drop": final_accuracy - accuracy,
+        "mean_ops": mean.ops, "backbone_ops": backbone_ops,
+        "ops_saved": 1.0 - mean.ops / backbone_ops,
+        "staged_tflite": {
+            "directory": os.path.relpath(staged_dir, ctx.workdir),
+            "agreement": float(np.mean(np.argmax(staged_logits, -1) == np.argmax(logits, -1))),
+            "same_exits": float(np.mean(staged_exits == exits))},
+    }}
+
+
+def prune_stage(ctx) -> Dict[str, Any]:
+    """Magnitude pruning (tfmot) of the current model to ``prune.target``.
+
+    ``ctx.model`` stays wrapped so a following ``quantize`` stage keeps the
+    zeros; ``export`` strips the wrappers."""
+    from mntk import pruning
+    config, cfg = ctx.config, ctx.config.prune
+    stage_cfg = fitting.section_train_config(config, "prune")
+    n_steps = fitting.steps(ctx)
+    with ctx.strategy.scope():
+        model = pruning.prune(ctx.model, target=float(cfg.target),
+                              schedule=cfg.get("sparsity_schedule", "polynomial"),
+                              steps_per_epoch=n_steps, epochs=int(stage_cfg.epochs))
+        loss = fitting.base_loss(config)
+        if cfg.get("smoothing_epsilon"):
+            from mntk import losses
+            loss = losses.AdaptiveLabelSmoothing(
+                fitting.classifier_layer(model, config),
+                epsilon=float(cfg.smoothing_epsilon))
+        fitting.compile_model(model, config, loss, n_steps, ctx.replicas, stage_cfg)
+    extra = pruning.callbacks() + ([loss.callback()] if hasattr(loss, "callback") else [])
+    history = fitting.fit(ctx, model, int(stage_cfg.epochs), extra)
+    ctx.model = model
+    per_layer = pruning.sparsity(model)
+    summary = {"pruning": {"target": float(cfg.target), "sparsity": per_layer,
+                           "accuracy": fitting.evaluate(model, ctx.data),
+                           "history": history}}
+    summary["pruning"].update(fitting.cost_summary(ctx, model))
+    return summary
+
+
+def quantize_stage(ctx) -> Dict[str, Any]:
+    """Quantization-aware fine-tuning with ``quantize.scheme``, then int8 TFLite."""
+    from mntk import export, quantization
+    config, data, cfg = ctx.config, ctx.data, ctx.config.quantize
+    stage_cfg = fitting.section_train_config(config, "quantize")
+    schemes = {"ternary": lambda: quantization.TernaryScheme(
+                   threshold=float(cfg.get("threshold", 0.05))),
+               "learned": lambda: quantization.LearnedPrecisionScheme(),
+               "binary": lambda: quantization.BinaryScheme(),
+               "int8": lambda: "int8"}
+    if cfg.scheme not in schemes:
+        raise RecipeError(f"quantize.scheme={cfg.scheme!r} is unknown; use one of "
+                          f"{', '.join(schemes)}.")
+    n_steps = fitting.steps(ctx)
+    with ctx.strategy.scope():
+        model = quantization.quantize(ctx.model, scheme=schemes[cfg.scheme]())
+        fitting.compile_model(model, config, fitting.base_loss(config), n_steps,
+                              ctx.replicas, stage_cfg)
+    history = fitting.fit(ctx, model, int(stage_cfg.epochs), [])
+    ctx.model = model
+    path = os.path.join(ctx.workdir, f"model_{cfg.scheme}_int8.tflite")
+    result = export.to_tflite(model, path, quantize="int8", progress=False)
+    check = export.verify(path, model, (data.x_test, data.y_test))
+    out = {"scheme": cfg.scheme, "accuracy": fitting.evaluate(model, data),
+           "mean_weight_bits": float(quantization.mean_weight_bits(model)),
+           "tflite": {"path": os.path.relpath(path, ctx.workdir), "bytes": result.bytes,
+                      **fitting.verify_figures(check)},
+           "size": _size_report(model, path), "history": history}
+    out.update(fitting.cost_summary(ctx, model))
+    return {"quantization": out}
+
+
+def _size_report(model, path):
+    from mntk import export
+    report = export.size_report(model, path)
+    report = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    return {k: v for k, v in report.items() if k != "layers"}  # per-layer rows: cost.json
+
+
 def export_stage(ctx) -> Dict[str, Any]:
     """TFLite float and int8 files, each verified against Keras with LiteRT."""
     from mntk import export
     config, data, model = ctx.config, ctx.data, ctx.model
+    if any(type(l).__name__ == "PruneLowMagnitude" for l in model.layers):
+        from mntk import pruning
+        model = pruning.strip(model)
     out = {}
     kinds = list(config.export.get("kinds", ("float", "int8")))
     rep = data.x_train[: int(config.export.get("representative_examples", 200))]
@@ -84,4 +221,7 @@ def export_stage(ctx) -> Dict[str, Any]:
 STAGES = {
     "train": train_stage,
     "export": export_stage,
+    "early_exit": early_exit_stage,
+    "prune": prune_stage,
+    "quantize": quantize_stage,
 }
