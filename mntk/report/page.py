@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mntk.report.plots import LEADERBOARD, layer_costs
-from mntk.report.run import Run, Stage, finite
+from mntk.report.run import Run, finite, stage_figures
 
 __all__ = ["Section", "build_sections", "to_markdown", "to_html"]
 
@@ -56,15 +56,29 @@ def fmt(value: Any, kind: str = "") -> str:
     return f"{value:.4g}"
 
 
-def _scalars(d: Any, prefix: str = "") -> List[Tuple[str, Any]]:
-    """Flat (dotted key, scalar) pairs of a nested dict; long lists are skipped."""
+def _scalars(d: Any, prefix: str = "", skip: Sequence[str] = ()) -> List[Tuple[str, Any]]:
+    """Flat (dotted key, value) pairs of a nested dict for a figure table.
+
+    Per-layer dicts (more than 8 numbers) become one "mean (min-max) over N"
+    entry; long lists and the keys in ``skip`` are left out.
+    """
     out = []
     if not isinstance(d, dict):
         return out
     for key in sorted(d):
         value, name = d[key], f"{prefix}{key}"
+        if key in skip:
+            continue
         if isinstance(value, dict):
-            out.extend(_scalars(value, f"{name}."))
+            numbers = [v for v in value.values() if finite(v)]
+            if len(value) > 8 and len(numbers) == len(value):
+                out.append((f"{name} (over {len(numbers)} entries)",
+                            f"mean {fmt(sum(numbers) / len(numbers))}, min "
+                            f"{fmt(min(numbers))}, max {fmt(max(numbers))}"))
+            elif len(value) > 8:  # e.g. per-layer records: too long for one page
+                out.append((name, f"{len(value)} entries (see summary.json)"))
+            else:
+                out.extend(_scalars(value, f"{name}.", skip))
         elif isinstance(value, (list, tuple)):
             if 0 < len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value):
                 out.append((name, ", ".join(fmt(v) for v in value)))
@@ -73,41 +87,10 @@ def _scalars(d: Any, prefix: str = "") -> List[Tuple[str, Any]]:
     return out
 
 
-def _find(summary: Dict[str, Any], groups: Sequence[str], wanted) -> Optional[float]:
-    """A scalar whose key passes ``wanted``, at the top of ``summary`` or under one of
-    ``groups`` (the stage's own figures, e.g. ``pruning`` / ``quantization``)."""
-    for source in [summary] + [summary.get(g) for g in groups]:
-        if isinstance(source, dict):
-            for key, value in source.items():
-                if wanted(key) and finite(value):
-                    return float(value)
-    return None
-
-
-def stage_sparsity(summary: Dict[str, Any]) -> Optional[float]:
-    return _find(summary, ("pruning",),
-                 lambda k: k in ("sparsity", "mean_sparsity", "overall_sparsity",
-                                 "achieved_sparsity"))
-
-
-def stage_bits(summary: Dict[str, Any]) -> Optional[float]:
-    return _find(summary, ("quantization",),
-                 lambda k: k in ("mean_weight_bits", "mean_bits", "weight_bits",
-                                 "average_weight_bits", "bits"))
-
-
-def _cost_of(stage: Stage) -> Dict[str, Any]:
-    cost = stage.summary.get("cost")
-    if isinstance(cost, dict) and cost:
-        return cost
-    return stage.cost or {}
-
-
-def _tflite_cell(tflite: Any) -> str:
-    if not isinstance(tflite, dict) or not tflite:
+def _tflite_cell(tflite: Dict[str, Any]) -> str:
+    if not tflite:
         return "-"
-    return "; ".join(f"{kind} {fmt(r.get('bytes'), 'bytes')}" for kind, r in tflite.items()
-                     if isinstance(r, dict))
+    return "; ".join(f"{name} {fmt(r.get('bytes'), 'bytes')}" for name, r in tflite.items())
 
 
 # ----------------------------------------------------------------- sections
@@ -115,34 +98,47 @@ def _tflite_cell(tflite: Any) -> str:
 def _summary_section(run: Run) -> Section:
     s = run.summary
     rows = [("recipe", run.recipe)]
-    if finite(s.get("accuracy")):
-        rows.append(("test accuracy", fmt(s["accuracy"], "pct")))
-    cost = s.get("cost") if isinstance(s.get("cost"), dict) else (run.cost or {})
+    accuracy = run.final_accuracy
+    if accuracy is not None:
+        rows.append(("test accuracy (final model)", fmt(accuracy, "pct")))
+    if finite(s.get("accuracy")) and accuracy is not None and abs(s["accuracy"] - accuracy) > 1e-9:
+        rows.append(("test accuracy (float model)", fmt(s["accuracy"], "pct")))
+    cost = run.final_cost
     if finite(cost.get("params")):
         rows.append(("params (32-bit equivalents)", fmt(cost["params"], "si")))
     if finite(cost.get("ops")):
         rows.append(("ops per example (32-bit equivalents)", fmt(cost["ops"], "si")))
     if run.score is not None:
         rows.append((f"MicroNet score ({run.task})", fmt(run.score, "score")))
-    for kind, r in (s.get("tflite") or {}).items():
-        if isinstance(r, dict) and finite(r.get("bytes")):
-            extra = (f", agreement {fmt(r['agreement'], 'pct')}"
-                     if finite(r.get("agreement")) else "")
-            rows.append((f"TFLite {kind}", f"{fmt(r['bytes'], 'bytes')} bytes{extra}"))
-    cal = run.calibration
-    if cal is not None and cal.get("exit_rates"):
-        rows.append(("early exit", f"{fmt(1 - cal['exit_rates'][-1], 'pct')} leave early, "
-                     f"{fmt(cal.get('ops_saved'), 'pct')} mean ops saved"))
-    sparsity, bits = stage_sparsity(s), stage_bits(s)
+    for stage in run.stages:
+        for name, r in stage_figures(stage)["tflite"].items():
+            if finite(r.get("bytes")):
+                extra = (f", agreement {fmt(r['agreement'], 'pct')}"
+                         if finite(r.get("agreement")) else "")
+                rows.append((f"TFLite {name}", f"{fmt(r['bytes'], 'bytes')} bytes{extra}"))
+    early = s.get("early_exit") if isinstance(s.get("early_exit"), dict) else {}
+    cal = run.calibration or {}
+    rate = early.get("exit_rate")
+    if not finite(rate) and cal.get("exit_rates"):
+        rate = 1 - cal["exit_rates"][-1]
+    saved = early.get("ops_saved") if finite(early.get("ops_saved")) else cal.get("ops_saved")
+    if finite(rate):
+        rows.append(("early exit", f"{fmt(rate, 'pct')} leave early, {fmt(saved, 'pct')} "
+                     "mean ops saved" + (f", accuracy drop {fmt(early['accuracy_drop'], 'pct')}"
+                                         if finite(early.get("accuracy_drop")) else "")))
+    figures = [stage_figures(st) for st in run.stages]
+    sparsity = next((f["sparsity"] for f in reversed(figures) if f["sparsity"] is not None), None)
+    bits = next((f["bits"] for f in reversed(figures) if f["bits"] is not None), None)
     if sparsity is not None:
-        rows.append(("sparsity", fmt(sparsity, "pct")))
+        rows.append(("sparsity (mean over layers)", fmt(sparsity, "pct")))
     if bits is not None:
         rows.append(("mean weight bits", fmt(bits, "bits")))
-    if finite(s.get("seconds")):
+    if finite(s.get("seconds")) and s["seconds"] > 0:
         rows.append(("run time", f"{s['seconds']:.0f} s"))
     blocks = [("table", ("figure", "value"), rows)]
-    if cost.get("note"):
-        blocks.append(("p", f"Note: {cost['note']}."))
+    note = cost.get("note") or (s.get("cost") or {}).get("note")
+    if note:
+        blocks.append(("p", f"Note: {note}."))
     return Section("summary", "Summary", blocks)
 
 
@@ -162,35 +158,40 @@ def _score_section(run: Run, image: Optional[str]) -> Optional[Section]:
 def _stages_section(run: Run) -> Optional[Section]:
     if not run.stages:
         return None
-    sparsity = [stage_sparsity(st.summary) for st in run.stages]
-    bits = [stage_bits(st.summary) for st in run.stages]
+    figures = [stage_figures(st) for st in run.stages]
     header = ["stage", "accuracy", "params", "ops", "score", "TFLite bytes"]
-    header += ["sparsity"] if any(v is not None for v in sparsity) else []
-    header += ["mean bits"] if any(v is not None for v in bits) else []
+    header += ["sparsity"] if any(f["sparsity"] is not None for f in figures) else []
+    header += ["mean bits"] if any(f["bits"] is not None for f in figures) else []
     rows = []
-    for st, sp, bt in zip(run.stages, sparsity, bits):
-        cost = _cost_of(st)
-        row = [f"{st.index}: {st.name}", fmt(st.summary.get("accuracy"), "pct"),
+    for st, f in zip(run.stages, figures):
+        cost = f["cost"]
+        row = [f"{st.index}: {st.name}", fmt(f["accuracy"], "pct"),
                fmt(cost.get("params"), "si"), fmt(cost.get("ops"), "si"),
-               fmt(cost.get("score"), "score"), _tflite_cell(st.summary.get("tflite"))]
-        row += [fmt(sp, "pct")] if "sparsity" in header else []
-        row += [fmt(bt, "bits")] if "mean bits" in header else []
+               fmt(cost.get("score"), "score"), _tflite_cell(f["tflite"])]
+        row += [fmt(f["sparsity"], "pct")] if "sparsity" in header else []
+        row += [fmt(f["bits"], "bits")] if "mean bits" in header else []
         rows.append(row)
-    return Section("stages", "Stages", [("table", tuple(header), rows)])
+    blocks = [("table", tuple(header), rows)]
+    if any(st.name == "early_exit" for st in run.stages):
+        blocks.append(("p", "The early_exit stage's accuracy and ops are those with early "
+                            "exit on the test split (mean ops per example)."))
+    return Section("stages", "Stages", blocks)
 
 
 def _tflite_section(run: Run) -> Optional[Section]:
-    tflite = run.summary.get("tflite")
-    if not isinstance(tflite, dict) or not tflite:
+    rows = []
+    for st in run.stages:
+        for name, r in stage_figures(st)["tflite"].items():
+            rows.append((st.name, name, fmt(r.get("bytes"), "bytes"),
+                         fmt(r.get("agreement"), "pct"), fmt(r.get("max_abs_diff")),
+                         fmt(r.get("accuracy_tflite"), "pct"),
+                         fmt(r.get("accuracy_keras"), "pct")))
+    if not rows:
         return None
-    rows = [(kind, fmt(r.get("bytes"), "bytes"), fmt(r.get("agreement"), "pct"),
-             fmt(r.get("max_abs_diff")), fmt(r.get("accuracy_tflite"), "pct"),
-             fmt(r.get("accuracy_keras"), "pct"))
-            for kind, r in tflite.items() if isinstance(r, dict)]
     return Section("tflite", "TFLite export", [
         ("p", "Each file run with LiteRT on the test split against the Keras model."),
-        ("table", ("file", "bytes", "top-1 agreement", "max abs diff", "accuracy TFLite",
-                   "accuracy Keras"), rows)])
+        ("table", ("stage", "file", "bytes", "top-1 agreement", "max abs diff",
+                   "accuracy TFLite", "accuracy Keras"), rows)])
 
 
 def _cost_section(run: Run, image: Optional[str]) -> Optional[Section]:
@@ -230,15 +231,14 @@ def _early_exit_section(run: Run, image: Optional[str]) -> Optional[Section]:
             ("mean ops saved", fmt(cal.get("ops_saved"), "pct")),
             ("calibration samples", fmt(cal.get("num_samples")))]
     early = run.summary.get("early_exit")
-    rows += [(f"summary: {k}", fmt(v)) for k, v in _scalars(early)
-             if k not in ("curve",) and not k.startswith("calibration.curve")]
+    rows += [(f"test split: {k}", fmt(v)) for k, v in _scalars(early, skip=("history",))]
     return Section("early_exit", "Early exit", [
         ("img", image, "early-exit trade-off: accuracy vs mean ops"),
         ("table", ("figure", "value"), rows)])
 
 
 def _group_section(run: Run, key: str, title: str) -> Optional[Section]:
-    pairs = _scalars(run.summary.get(key))
+    pairs = _scalars(run.summary.get(key), skip=("history", "cost"))
     if not pairs:
         return None
     return Section(key, title, [("table", ("figure", "value"),

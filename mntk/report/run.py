@@ -22,7 +22,10 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["ReportError", "Stage", "Run", "load_run", "read_history"]
+__all__ = ["ReportError", "Stage", "Run", "load_run", "read_history", "stage_figures"]
+
+#: Keys under which the later stages (``mntk.stages``) report their figures.
+SECTION_KEYS = ("early_exit", "pruning", "quantization")
 
 History = Dict[str, List[float]]
 
@@ -56,20 +59,41 @@ class Run:
         return str(self.summary.get("recipe") or os.path.basename(
             os.path.normpath(self.workdir)))
 
+    def _costs(self) -> List[Dict[str, Any]]:
+        """Cost figures, the final model's first: last stage's, summary's, cost.json."""
+        staged = [stage_figures(s)["cost"] for s in reversed(self.stages)]
+        top = self.summary.get("cost")
+        return [c for c in staged + [top, self.cost] if isinstance(c, dict) and c]
+
+    @property
+    def final_cost(self) -> Dict[str, Any]:
+        """Cost figures (params, ops, score, ...) of the run's final model."""
+        costs = [c for c in self._costs() if finite(c.get("params"))]
+        return costs[0] if costs else {}
+
     @property
     def task(self) -> Optional[str]:
         """The MicroNet task the cost is scored on (None when unscored)."""
-        for source in (self.summary.get("cost") or {}, self.cost or {}):
+        for source in self._costs():
             if source.get("task"):
                 return str(source["task"])
         return None
 
     @property
     def score(self) -> Optional[float]:
-        for source in (self.summary.get("cost") or {}, self.cost or {}):
+        """MicroNet score of the final model (the last stage that counted one)."""
+        for source in self._costs():
             if finite(source.get("score")):
                 return float(source["score"])
         return None
+
+    @property
+    def final_accuracy(self) -> Optional[float]:
+        for stage in reversed(self.stages):
+            acc = stage_figures(stage)["accuracy"]
+            if acc is not None and stage.name != "early_exit":
+                return acc
+        return float(self.summary["accuracy"]) if finite(self.summary.get("accuracy")) else None
 
     def histories(self) -> List[Tuple[str, History]]:
         """(stage name, history) of every stage that logged epochs, in run order."""
@@ -81,6 +105,49 @@ def finite(value) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value)
+
+
+def _first(sources, key, test=finite):
+    for source in sources:
+        if isinstance(source, dict) and test(source.get(key)):
+            return source[key]
+    return None
+
+
+def stage_figures(stage: Stage) -> Dict[str, Any]:
+    """A stage's headline figures wherever the stage put them.
+
+    The train/export stages report at the top of their summary; early_exit,
+    prune and quantize under their section key (``mntk.stages``). Returns
+    ``accuracy``, ``cost`` (dict, maybe empty), ``tflite`` ({file: figures}),
+    ``sparsity`` (overall: the value, or the mean over layers of a per-layer
+    dict) and ``bits`` (mean weight bits), each None when absent.
+    """
+    s = stage.summary
+    sources = [s] + [s.get(k) for k in SECTION_KEYS if isinstance(s.get(k), dict)]
+    cost = _first(sources, "cost", lambda v: isinstance(v, dict) and bool(v)) or {}
+    if not cost and stage.cost:
+        cost = {k: stage.cost.get(k) for k in ("params", "ops", "score", "task")}
+    early = s.get("early_exit") if isinstance(s.get("early_exit"), dict) else {}
+    if not cost and finite(early.get("mean_ops")):
+        cost = {"ops": early["mean_ops"]}  # mean over examples with early exit
+    tflite = {}
+    for source in sources:
+        found = source.get("tflite") if isinstance(source, dict) else None
+        if isinstance(found, dict) and finite(found.get("bytes")):
+            name = os.path.basename(str(found.get("path") or "model.tflite"))
+            tflite[name] = found
+        elif isinstance(found, dict):
+            tflite.update({k: v for k, v in found.items() if isinstance(v, dict)})
+    sparsity = _first(sources, "sparsity", lambda v: finite(v) or isinstance(v, dict))
+    if isinstance(sparsity, dict):
+        values = [float(v) for v in sparsity.values() if finite(v)]
+        sparsity = sum(values) / len(values) if values else None
+    bits = None
+    for key in ("mean_weight_bits", "mean_bits", "weight_bits"):
+        bits = bits if bits is not None else _first(sources, key)
+    return {"accuracy": _first(sources, "accuracy"), "cost": cost, "tflite": tflite,
+            "sparsity": sparsity, "bits": bits}
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -167,7 +234,9 @@ def _load_stage(index: int, name: str, directory: Optional[str],
         if not summary:
             summary = _optional_json(os.path.join(directory, "summary.json")) or {}
     if not history:
-        history = _history_from_summary(summary.get("history"))
+        for source in [summary] + [summary.get(k) for k in SECTION_KEYS]:
+            if isinstance(source, dict) and not history:
+                history = _history_from_summary(source.get("history"))
     return Stage(index=index, name=name, directory=directory, summary=summary,
                  history=history, cost=cost)
 
