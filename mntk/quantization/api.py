@@ -184,9 +184,12 @@ def freeze_precision(model):
         for quantizer in quantizers:
             if hasattr(quantizer, "trainable_bits"):
                 quantizer.trainable_bits = False  # so a saved model reloads frozen
-        for var in list(wrapper._trainable_weights):
+        keep = []
+        for var in wrapper._trainable_weights:
             if var.name.split("/")[-1].split(":")[0].endswith("_gamma"):
-                wrapper._trainable_weights.remove(var)
                 wrapper._non_trainable_weights.append(var)
                 frozen.append(var.name)
+            else:
+                keep.append(var)
+        wrapper._trainable_weights[:] = keep  # by identity: tensors have no bool ==
     return frozen
