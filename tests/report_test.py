@@ -371,10 +371,20 @@ def test_digits_report_has_every_section_and_its_figures(copy_of):
                      f"{quant_tflite['bytes']:,}"])
     assert [r[:3] for r in rows] == expected
     cal = read_json(os.path.join(workdir, "calibration.json"))
-    assert f"| mean ops saved | {100 * cal['ops_saved']:.2f}% |" in md
-    assert f"| accuracy with early exit | {100 * cal['accuracy']:.2f}% |" in md
     early = summary["early_exit"]
-    assert f"| test split: exit_rate | {early['exit_rate']:.4g} |" in md
+
+    def pct(v):
+        return f"{100 * v:.2f}%"
+
+    _, ee_rows = md_table(md, "figure | calibration data")
+    ee = {r[0]: r[1:] for r in ee_rows}
+    assert ee["mean ops saved"] == [pct(cal["ops_saved"]), pct(early["ops_saved"])]
+    assert ee["accuracy with early exit"] == [pct(cal["accuracy"]), pct(early["accuracy"])]
+    assert ee["exit rates (per output)"] == [", ".join(map(pct, cal["exit_rates"])),
+                                             ", ".join(map(pct, early["exit_rates"]))]
+    assert ee["staged TFLite agrees with the Keras runner"] == [
+        "-", pct(early["staged_tflite"]["agreement"])]
+    assert f"calibrated for max_accuracy_drop={cal['target']['max_accuracy_drop']}" in md
     _, anchors = md_table(md, "anchor")
     assert [r[0] for r in anchors] == [l for l, _ in plots.LEADERBOARD["cifar100"]] + [
         "baseline model"]

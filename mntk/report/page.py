@@ -218,23 +218,53 @@ def _early_exit_section(run: Run, image: Optional[str]) -> Optional[Section]:
     cal = run.calibration
     if cal is None or image is None:
         return None
+    early = run.summary.get("early_exit") if isinstance(run.summary.get("early_exit"),
+                                                       dict) else {}
     rates = cal.get("exit_rates") or []
-    rows = [("criterion", cal.get("criterion", "-")),
-            ("thresholds", ", ".join(fmt(t) for t in cal.get("thresholds", [])) or "-"),
-            ("target", ", ".join(f"{k}={v}" for k, v in (cal.get("target") or {}).items())
-             or "-"),
-            ("exit rates (per output)", ", ".join(fmt(r, "pct") for r in rates) or "-"),
-            ("accuracy with early exit", fmt(cal.get("accuracy"), "pct")),
-            ("accuracy of the final output", fmt(cal.get("final_accuracy"), "pct")),
-            ("mean ops per example", fmt(cal.get("mean_ops"), "si")),
-            ("backbone ops (no heads)", fmt(cal.get("baseline_ops"), "si")),
-            ("mean ops saved", fmt(cal.get("ops_saved"), "pct")),
-            ("calibration samples", fmt(cal.get("num_samples")))]
-    early = run.summary.get("early_exit")
-    rows += [(f"test split: {k}", fmt(v)) for k, v in _scalars(early, skip=("history",))]
+    sign = ">=" if cal.get("criterion", "max_softmax") == "max_softmax" else "<="
+    where = (f"Exit heads at {', '.join(map(str, early['at']))} ({early.get('head', '?')} "
+             "head); " if early.get("at") else "")
+    target = ", ".join(f"{k}={v}" for k, v in (cal.get("target") or {}).items()) or "-"
+    intro = (f"{where}a sample leaves at the first exit whose {cal.get('criterion')} "
+             f"{sign} {', '.join(fmt(t) for t in cal.get('thresholds', []))}; "
+             f"thresholds calibrated for {target}.")
+    test_rates = early.get("exit_rates") or []
+    rows = [
+        ("exit rates (per output)", ", ".join(fmt(r, "pct") for r in rates) or "-",
+         ", ".join(fmt(r, "pct") for r in test_rates) or "-"),
+        ("accuracy with early exit", fmt(cal.get("accuracy"), "pct"),
+         fmt(early.get("accuracy"), "pct")),
+        ("accuracy of the final output", fmt(cal.get("final_accuracy"), "pct"),
+         fmt(early.get("final_accuracy"), "pct")),
+        ("mean ops per example", fmt(cal.get("mean_ops"), "si"), fmt(early.get("mean_ops"), "si")),
+        ("backbone ops (no heads)", fmt(cal.get("baseline_ops"), "si"),
+         fmt(early.get("backbone_ops"), "si")),
+        ("mean ops saved", fmt(cal.get("ops_saved"), "pct"), fmt(early.get("ops_saved"), "pct")),
+    ]
+    staged = early.get("staged_tflite") if isinstance(early.get("staged_tflite"), dict) else {}
+    for key, label in (("agreement", "staged TFLite agrees with the Keras runner"),
+                       ("same_exits", "staged TFLite takes the same exits")):
+        if finite(staged.get(key)):
+            rows.append((label, "-", fmt(staged[key], "pct")))
+    n = cal.get("num_samples")
+    header = ("figure", f"calibration data{f' ({n} samples)' if n else ''}", "test split")
     return Section("early_exit", "Early exit", [
+        ("p", intro),
         ("img", image, "early-exit trade-off: accuracy vs mean ops"),
-        ("table", ("figure", "value"), rows)])
+        ("table", header, rows)])
+
+
+def _fmt_key(key: str, value: Any) -> str:
+    """A figure formatted by what its key names (rates as %, sizes with commas)."""
+    k = key.lower()
+    if any(w in k for w in ("accuracy", "agreement", "sparsity", "rate", "saved", "target")) \
+            and finite(value) and 0 <= value <= 1:
+        return fmt(value, "pct")
+    if "bytes" in k and finite(value):
+        return fmt(value, "bytes")
+    if ("ops" in k or "params" in k) and finite(value):
+        return fmt(value, "si")
+    return fmt(value)
 
 
 def _group_section(run: Run, key: str, title: str) -> Optional[Section]:
@@ -242,7 +272,7 @@ def _group_section(run: Run, key: str, title: str) -> Optional[Section]:
     if not pairs:
         return None
     return Section(key, title, [("table", ("figure", "value"),
-                                 [(k, fmt(v)) for k, v in pairs])])
+                                 [(k, _fmt_key(k, v)) for k, v in pairs])])
 
 
 def _curves_section(run: Run, image: Optional[str]) -> Optional[Section]:
