@@ -288,3 +288,15 @@ def test_orthogonality_regularizers_finds_layer_and_attached():
     attached = R.apply_srip(model, 0.2, layers=lambda layer: layer.name == "logits")
     found = R.orthogonality_regularizers(model)
     assert found == [shared, attached]
+
+
+def test_apply_srip_model_saves_and_loads_without_the_attachment(tmp_path):
+    model = small_model()
+    R.apply_srip(model, 0.1)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data()
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "attached.keras")
+    loaded = keras.models.load_model(tmp_path / "attached.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert len(model.losses) == 1 and loaded.losses == []  # documented: re-attach after loading
