@@ -48,4 +48,4 @@ def test_cost_target_sign_flips_below_target():
 def test_freeze_precision_makes_gamma_non_trainable():
     q = mq.quantize(tiny_model(), scheme=mq.LearnedPrecisionScheme(), skip=[])
     frozen = mq.freeze_precision(q)
-    assert frozen and not any("gamma" in v.name for v in q.trainable_weights)
+    assert frozen and not any(v.name.endswith("_gamma:0") for v in q.trainable_weights)
