@@ -138,3 +138,15 @@ class CoefficientSchedule(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config, target=None):
         return cls(target=target, **config)
+
+
+# Callbacks that live with their concept, reachable here too (imported lazily
+# so `mntk.callbacks` does not pull in the cost walker or tfmot).
+_LAZY = {"CostLogger": "mntk.cost", "ExitWeightRamp": "mntk.early_exit"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mntk.callbacks' has no attribute {name!r}")

@@ -113,13 +113,12 @@ def attach_tricks(model, config, epsilon_key: str = "epsilon") -> Tuple[Dict, An
 
 
 def classifier_layer(model, config):
-    """The final Dense layer named ``config.model.classifier`` (unwrapped from
-    tfmot pruning/QAT wrappers, whose inner layer keeps the name)."""
+    """The final Dense layer named ``config.model.classifier``, or the tfmot
+    pruning/QAT wrapper around it (AdaptiveLabelSmoothing unwraps it itself)."""
     name = config.model.get("classifier", "logits")
     for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        if layer.name == name or inner.name == name:
-            return inner
+        if layer.name == name or getattr(layer, "layer", layer).name == name:
+            return layer
     raise RecipeError(f"model {model.name!r} has no classifier layer {name!r}; set "
                       "model.classifier to the final Dense layer's name.")
 
@@ -157,6 +156,46 @@ class EpochSeededRandomness(keras.callbacks.Callback):
             generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
             if generator is not None:
                 generator.reset_from_seed(self.seed * 100003 + int(epoch))
+
+
+class StateBackup(keras.callbacks.Callback):
+    """Checkpoints variables that live outside the model (SRIP's power-iteration
+    vectors and coefficient) next to ``BackupAndRestore``'s checkpoint: saved
+    at each epoch end, restored when training starts again."""
+
+    def __init__(self, variables, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.checkpoint = tf.train.Checkpoint(state=list(variables))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+
+    def on_train_begin(self, logs=None):
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=epoch)
+
+    def on_train_end(self, logs=None):
+        if os.path.isdir(self.directory):  # finished: nothing left to resume
+            tf.io.gfile.rmtree(self.directory)
+
+
+class TechniqueLogger(keras.callbacks.Callback):
+    """Adds ``sparsity`` (mean over pruned kernels) and ``mean_weight_bits`` of
+    the model being trained to the epoch logs (History, CSV, TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        names = {type(l).__name__ for l in self.model.layers}
+        if "PruneLowMagnitude" in names:
+            from mntk import pruning
+            values = list(pruning.sparsity(self.model).values())
+            logs["sparsity"] = float(np.mean(values)) if values else 0.0
+        if "QuantizeWrapperV2" in names:
+            from mntk import quantization
+            logs["mean_weight_bits"] = float(quantization.mean_weight_bits(self.model))
 
 
 def _writable_dir(ctx, sub: str) -> str:
@@ -197,8 +236,15 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
         train_ds = train_ds.map(lambda x, y: (x, (y,) * n_outputs))
         validation = validation.map(lambda x, y: (x, (y,) * n_outputs))
     history_csv = os.path.join(_writable_dir(ctx, ""), "history.csv")
+    from mntk import cost, regularizers
+    state = [v for r in regularizers.orthogonality_regularizers(model)
+             for v in getattr(r, "variables", [])]
     all_callbacks = list(callbacks) + [
         EpochSeededRandomness(int(config.seed)),
+        TechniqueLogger(),
+        cost.CostLogger(task=config.get("cost", {}).get("task"),
+                        freebie=bool(config.get("cost", {}).get("freebie", False))),
+        StateBackup(state, backup_dir + "_state"),
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_csv, append=first > 0),
         keras.callbacks.TensorBoard(_writable_dir(ctx, "tensorboard"), profile_batch=0),

@@ -13,6 +13,7 @@ from mntk.compat import ensure_tf_keras, keras
 from mntk.orthogonality import layer_kernels, unwrap_layer
 
 __all__ = ["AdaptiveLabelSmoothing", "AdaptiveSmoothingRefresh", "ConfidenceWeighted",
+           "CostTarget", "Distillation",
            "class_similarity"]
 
 REFRESH_MODES = ("epoch", "step")
@@ -297,3 +298,15 @@ class ConfidenceWeighted(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,
                 "weight_gradient": self.weight_gradient}
+
+
+# Defined with the quantization schemes they serve; importing them lazily keeps
+# `mntk.losses` free of tfmot until they are used.
+_LAZY = {"CostTarget": "mntk.quantization.losses", "Distillation": "mntk.quantization.losses"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mntk.losses' has no attribute {name!r}")

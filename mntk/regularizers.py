@@ -123,6 +123,12 @@ class SRIP(OrthogonalityRegularizer):
                 self._vectors[id(kernel)] = entry
             return entry[1]
 
+    @property
+    def variables(self):
+        """Coefficient and power-iteration vectors: the state a checkpoint of a
+        run must hold to resume exactly (``mntk.train`` backs them up)."""
+        return [self.coefficient] + [vector for _, vector in self._vectors.values()]
+
     def penalty(self, kernel, layout=None):
         residual = gram_residual(self._matrix(kernel, layout))
         if not isinstance(kernel, tf.Variable):

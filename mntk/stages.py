@@ -5,6 +5,7 @@ it reads its part of the config, updates ``ctx.model`` and returns the figures
 that go into the stage's ``summary.json``. Stages only compose mntk's public
 parts; ``mntk.train.run`` sequences them and handles resuming.
 """
+import functools
 import os
 from typing import Any, Dict
 
@@ -39,18 +40,32 @@ def merge_summary(summary: Dict[str, Any], name: str, stage: Dict[str, Any]) -> 
             summary[key] = stage[key]
 
 
+def model_filename(model) -> str:
+    """``model.keras``, or ``model.h5`` for tfmot QAT models (tfmot's layers
+    do not load back from the .keras format)."""
+    from mntk.export import is_qat_model
+    return "model.h5" if is_qat_model(model) else "model.keras"
+
+
+def save_model(model, directory: str) -> str:
+    path = os.path.join(directory, model_filename(model))
+    model.save(path)
+    return path
+
+
 def save_stage_model(ctx) -> None:
     if ctx.model is not None:
-        ctx.model.save(os.path.join(ctx.stage_dir, "model.keras"))
+        save_model(ctx.model, ctx.stage_dir)
 
 
 def load_stage_model(ctx, name: str):
-    path = os.path.join(ctx.stage_dir, "model.keras")
-    if not os.path.exists(path):
-        return ctx.model
     from mntk.serialization import load_model
-    with ctx.strategy.scope():
-        return load_model(path)
+    for filename in ("model.keras", "model.h5"):
+        path = os.path.join(ctx.stage_dir, filename)
+        if os.path.exists(path):
+            with ctx.strategy.scope():
+                return load_model(path)
+    return ctx.model
 
 
 # --------------------------------------------------------------------- stages
@@ -82,8 +97,14 @@ def early_exit_stage(ctx) -> Dict[str, Any]:
     from mntk import cost, early_exit, export
     config, data = ctx.config, ctx.data
     cfg = config.early_exit
+    # freeze_backbone flips the shared backbone layers; later stages (prune,
+    # quantize) must train them again.
+    trainable = [(layer, layer.trainable) for layer in ctx.model.layers]
+    head = cfg.get("head", "osi")
+    if head == "osi" and cfg.get("head_bn_momentum"):
+        head = functools.partial(early_exit.osi_head, bn_momentum=float(cfg.head_bn_momentum))
     with ctx.strategy.scope():
-        multi = early_exit.add_exits(ctx.model, at=list(cfg.at), head=cfg.get("head", "osi"))
+        multi = early_exit.add_exits(ctx.model, at=list(cfg.at), head=head)
         loss = None
         if cfg.get("loss", "cross_entropy") == "confidence_weighted":
             from mntk import losses
@@ -94,6 +115,8 @@ def early_exit_stage(ctx) -> Dict[str, Any]:
             multi, fitting.make_optimizer(stage_cfg, fitting.steps(ctx), ctx.replicas),
             loss=loss, freeze_backbone=bool(cfg.get("freeze_backbone", True)))
     fitting.fit(ctx, multi, int(stage_cfg.epochs), [])
+    for layer, flag in trainable:
+        layer.trainable = flag
     target = {k: float(cfg.target[k]) for k in cfg.target}
     cal = early_exit.calibrate(multi, (data.x_val, data.y_val),
                                criterion=cfg.get("criterion", "max_softmax"),

@@ -7,7 +7,7 @@ the ``tf.distribute`` strategy the config names, and writes::
 
     WORKDIR/stages/<k>_<stage>/   model.keras, history.csv, tensorboard/,
                                   summary.json (the stage's own figures)
-    WORKDIR/model.keras           the last stage's model
+    WORKDIR/model.keras           the last stage's model (model.h5 for a QAT model)
     WORKDIR/history.csv           the training stage's per-epoch log
     WORKDIR/cost.json             mntk.cost report of the final model
     WORKDIR/summary.json          every stage's summary merged
@@ -205,6 +205,6 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
         stage_lib.merge_summary(summary, name, stage_summary)
     summary["seconds"] = round(time.time() - started, 2)
     if ctx.model is not None and is_chief():
-        ctx.model.save(os.path.join(workdir, "model.keras"))
+        stage_lib.save_model(ctx.model, workdir)
     write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

@@ -26,6 +26,8 @@ def get_config():
     c.data.name = "digits"
     c.data.image_size = 16
     c.data.batch_size = 32
+    # a 360-image validation split: early-exit thresholds are calibrated on it
+    c.data.fractions = (0.6, 0.2, 0.2)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "digits_cnn"
@@ -52,17 +54,18 @@ def get_config():
     c.cost.freebie = False
     c.cost.note = "digits model scored against the CIFAR-100 baselines, for scale only"
 
-    # OSI-style exit head after block 2, trained with the backbone frozen and
-    # calibrated to lose at most half a point of validation accuracy.
+    # OSI-style exit head after block 1, trained with the backbone frozen and
+    # calibrated to lose no validation accuracy.
     c.early_exit = ml_collections.ConfigDict()
-    c.early_exit.at = ("block2_out",)
+    c.early_exit.at = ("block1_out",)
     c.early_exit.head = "osi"
+    c.early_exit.head_bn_momentum = 0.9   # BN statistics settle on a small data set
     c.early_exit.loss = "confidence_weighted"
     c.early_exit.freeze_backbone = True
-    c.early_exit.epochs = 6
+    c.early_exit.epochs = 8
     c.early_exit.learning_rate = 3e-3
     c.early_exit.criterion = "max_softmax"
-    c.early_exit.target = ml_collections.ConfigDict({"max_accuracy_drop": 0.005})
+    c.early_exit.target = ml_collections.ConfigDict({"max_accuracy_drop": 0.0})
 
     # Magnitude pruning to 50% (KAIST pruned with epsilon 0.1 smoothing), then
     # trained ternary quantization fine-tuning of the pruned model.
