@@ -57,7 +57,7 @@ def train():
     """Run a recipe's stages into --workdir (resumes if it exists)."""
     from mntk import train as train_lib
     summary = train_lib.run(FLAGS.config, FLAGS.workdir, stages=FLAGS.stages)
-    print(summary_line(summary))
+    print(format_summary(summary))
     print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}")
 
 
@@ -184,13 +184,51 @@ def report():
         print(p)
 
 
-def summary_line(summary) -> str:
-    parts = [f"accuracy {summary['accuracy']:.4f}"] if "accuracy" in summary else []
+def _pct(value) -> str:
+    return "   n/a" if value is None else f"{100 * value:6.2f}%"
+
+
+def format_summary(summary) -> str:
+    """A short human summary of a run's ``summary.json``."""
+    lines = [f"{summary.get('recipe', 'run')}: finished in {summary.get('seconds', 0):.0f} s"]
+    if "accuracy" in summary:
+        lines.append(f"  Keras test accuracy      {_pct(summary['accuracy'])}")
     for kind, r in summary.get("tflite", {}).items():
-        parts.append(f"tflite-{kind} {r.get('bytes')} B, agreement {r.get('agreement'):.4f}")
-    if summary.get("cost", {}).get("score") is not None:
-        parts.append(f"score {summary['cost']['score']:.6f}")
-    return "; ".join(parts)
+        lines.append(f"  TFLite {kind:<17} {_pct(r.get('accuracy_tflite'))}  agreement "
+                     f"{_pct(r.get('agreement'))}  max|diff| {r.get('max_abs_diff', 0):.2g}  "
+                     f"{r.get('bytes', 0):,} bytes")
+    c = summary.get("cost")
+    if c:
+        lines.append(f"  MicroNet cost            params {c['params']:,.0f}  ops {c['ops']:,.0f}"
+                     + (f"  score {c['score']:.6f} ({c['task']})" if c.get("score") is not None
+                        else "") + (f"\n    ({c['note']})" if c.get("note") else ""))
+    tricks = summary.get("tricks", {})
+    if tricks:
+        parts = []
+        if "srip" in tricks:
+            parts.append(f"SRIP {tricks['srip'].get('coefficient')} on {tricks['srip'].get('layers')} convs")
+        if "adaptive_smoothing" in tricks:
+            parts.append(f"adaptive label smoothing eps {tricks['adaptive_smoothing']['epsilon']}")
+        lines.append("  tricks                   " + "; ".join(parts))
+    e = summary.get("early_exit")
+    if e:
+        lines.append(f"  early exit at {','.join(e['at'])}  exit rate {_pct(e['exit_rate'])}  accuracy "
+                     f"{_pct(e['accuracy'])} (final {_pct(e['final_accuracy'])})  mean ops saved "
+                     f"{_pct(e['ops_saved'])}  staged TFLite agreement "
+                     f"{_pct(e['staged_tflite']['agreement'])}")
+    p = summary.get("pruning")
+    if p:
+        lines.append(f"  pruned to {p['target']:.0%}            accuracy {_pct(p['accuracy'])}  score "
+                     + (f"{p['cost']['score']:.6f}" if p['cost'].get('score') is not None else "n/a"))
+    q = summary.get("quantization")
+    if q:
+        t = q.get("tflite", {})
+        lines.append(f"  {q['scheme']} QAT              accuracy {_pct(q['accuracy'])}  mean weight bits "
+                     f"{q['mean_weight_bits']:.2f}  TFLite int8 agreement {_pct(t.get('agreement'))}  "
+                     f"{t.get('bytes', 0):,} bytes (packed {q.get('size', {}).get('packed_bytes', 0):,.0f})"
+                     + (f"  score {q['cost']['score']:.6f}" if q.get("cost", {}).get("score") is not None
+                        else ""))
+    return "\n".join(lines)
 
 
 def _existing(path):
@@ -216,11 +254,13 @@ def main(argv=None) -> int:
               f"{', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     fn, define = SUBCOMMANDS[name]
+    before = set(FLAGS)
     define()
+    own_flags = sorted(set(FLAGS) - before)
     rest = argv[2:]
     if any(a in ("-h", "--help", "--helpshort") for a in rest):
         print(f"mntk {name}: {fn.__doc__ or ''}".strip())
-        print(_flag_help())
+        print("flags:\n" + "\n".join(f"  --{n}: {FLAGS[n].help}" for n in own_flags))
         return 0
     try:
         ARGS[:] = [a for a in FLAGS([f"mntk {name}"] + rest)[1:]]
@@ -236,15 +276,6 @@ def main(argv=None) -> int:
         print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _flag_help() -> str:
-    lines = []
-    for flag in sorted(FLAGS.flags_by_module_dict().get(__name__, []) +
-                       FLAGS.flags_by_module_dict().get(config_flags.__name__, []),
-                       key=lambda f: f.name):
-        lines.append(f"  --{flag.name}: {flag.help}")
-    return "flags:\n" + "\n".join(dict.fromkeys(lines))
 
 
 def _one_line(e: BaseException) -> str:
