@@ -19,14 +19,19 @@ SCHEDULES = ("constant", "cosine", "cosine_restarts")
 
 
 def steps(ctx) -> int:
-    """Training steps per epoch at the global batch size."""
+    """Training steps per epoch at the global batch size, capped by
+    ``train.max_steps_per_epoch`` (smoke runs) so that learning-rate and
+    sparsity schedules span the steps that actually run."""
     data = ctx.data
     if data.x_train is not None:
-        return len(data.x_train) // ctx.global_batch_size(ctx.config.data.batch_size)
-    if data.steps_per_epoch:
-        return int(data.steps_per_epoch)
-    raise RecipeError("the data set does not say how many steps an epoch has; set "
-                      "data.steps_per_epoch in the recipe.")
+        n = len(data.x_train) // ctx.global_batch_size(ctx.config.data.batch_size)
+    elif data.steps_per_epoch:
+        n = int(data.steps_per_epoch)
+    else:
+        raise RecipeError("the data set does not say how many steps an epoch has; set "
+                          "data.steps_per_epoch in the recipe.")
+    cap = int(ctx.config.train.get("max_steps_per_epoch", 0) or 0)
+    return max(1, min(n, cap)) if cap else n
 
 
 def make_optimizer(train_cfg, steps_per_epoch: int, replicas: int = 1):
@@ -123,10 +128,17 @@ def classifier_layer(model, config):
                       "model.classifier to the final Dense layer's name.")
 
 
+@keras.utils.register_keras_serializable(package="mntk")
+def first_column_accuracy(y_true, y_pred):
+    """Top-1 accuracy against the label in column 0 of ``y_true`` (the
+    ``[label, teacher logits...]`` rows that ``mntk.losses.Distillation`` fits on)."""
+    return keras.metrics.sparse_categorical_accuracy(y_true[:, :1], y_pred)
+
+
 def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1,
-                  train_cfg=None):
+                  train_cfg=None, metrics=None):
     model.compile(optimizer=make_optimizer(train_cfg or config.train, steps_per_epoch, replicas),
-                  loss=loss, metrics=[accuracy_metric(config)])
+                  loss=loss, metrics=metrics or [accuracy_metric(config)])
 
 
 def section_train_config(config, section: str):
@@ -206,23 +218,39 @@ def _writable_dir(ctx, sub: str) -> str:
     return os.path.join(ctx.stage_dir, f".worker_{abs(hash(task)) % 10**6}", sub)
 
 
-def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
+def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, List[float]]:
     """``model.fit`` with resuming, logs, best-model checkpoint and NaN guard.
 
-    Returns the per-epoch history of the whole stage (resumed epochs included).
+    ``teacher``: a float model whose logits are appended to every label row
+    (``[label, teacher logits...]``), the targets ``mntk.losses.Distillation``
+    expects. Returns the per-epoch history of the whole stage (resumed epochs
+    included).
     """
     config, data = ctx.config, ctx.data
     backup_dir = _writable_dir(ctx, "backup")
     first = saved_epoch(backup_dir)
     gbs = ctx.global_batch_size(config.data.batch_size)
     n_steps = steps(ctx)
-    if config.train.get("max_steps_per_epoch"):
-        n_steps = min(n_steps, int(config.train.max_steps_per_epoch))
+    if teacher is not None and soft_labels(config):
+        raise RecipeError("distillation needs integer labels; turn off data.mix and "
+                          "data.one_hot for the distilled stage.")
     if data.x_train is not None:
         y = data.y_train
+        if teacher is not None:
+            y = _with_teacher_logits(teacher, data.x_train, y)
         if soft_labels(config) and y.ndim == 1:
             y = np.eye(data.num_classes, dtype=np.float32)[y]
-        train_ds = epoch_keyed_dataset(data.x_train, y, gbs, int(config.seed), first, epochs)
+        if n_steps < len(data.x_train) // gbs:
+            # capped epochs (smoke runs) still start at their own epoch key, so a
+            # resumed run sees the batches an uninterrupted one would
+            train_ds = epoch_keyed_dataset(data.x_train, y, gbs, int(config.seed), first,
+                                           first + 1).take(n_steps)
+            for e in range(first + 1, epochs):
+                train_ds = train_ds.concatenate(epoch_keyed_dataset(
+                    data.x_train, y, gbs, int(config.seed), e, e + 1).take(n_steps))
+        else:
+            train_ds = epoch_keyed_dataset(data.x_train, y, gbs, int(config.seed), first,
+                                           epochs)
         if config.data.get("mix"):
             from mntk import data as data_lib
             train_ds = data_lib.mix_batches(train_ds, config.data.mix,
@@ -230,7 +258,9 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
                                             seed=int(config.seed) + first)
     else:
         train_ds = data.train.repeat()
-    validation = _validation(config, data)
+        if teacher is not None:
+            train_ds = train_ds.map(_teacher_map(teacher))
+    validation = _validation(config, data, teacher)
     n_outputs = len(model.outputs)
     if n_outputs > 1:  # multi-exit models: the same label for every output
         train_ds = train_ds.map(lambda x, y: (x, (y,) * n_outputs))
@@ -265,13 +295,31 @@ def fit(ctx, model, epochs: int, callbacks: List) -> Dict[str, List[float]]:
     return history
 
 
-def _validation(config, data):
+def _validation(config, data, teacher=None):
     if data.x_val is not None:
         y = data.y_val
-        if soft_labels(config) and y.ndim == 1:
+        if teacher is not None:
+            y = _with_teacher_logits(teacher, data.x_val, y)
+        elif soft_labels(config) and y.ndim == 1:
             y = np.eye(data.num_classes, dtype=np.float32)[y]
         return tf.data.Dataset.from_tensor_slices((data.x_val, y)).batch(256)
+    if teacher is not None:
+        return data.validation.map(_teacher_map(teacher))
     return data.validation
+
+
+def _with_teacher_logits(teacher, x, y):
+    """In-memory data: the teacher runs once over the split, not every epoch."""
+    logits = teacher.predict(x, batch_size=256, verbose=0)
+    return np.concatenate([np.asarray(y, np.float32).reshape(-1, 1), logits], 1)
+
+
+def _teacher_map(teacher):
+    """Streamed data: teacher logits computed batch by batch in the pipeline."""
+    def add_logits(x, y):
+        logits = tf.cast(teacher(x, training=False), tf.float32)
+        return x, tf.concat([tf.reshape(tf.cast(y, tf.float32), (-1, 1)), logits], 1)
+    return add_logits
 
 
 def read_history(path: str) -> Dict[str, List[float]]:
@@ -302,8 +350,15 @@ def evaluate(model, data) -> float:
         if isinstance(out, list):
             out = out[-1]
         return float(np.mean(np.argmax(out, -1) == data.y_test))
-    results = model.evaluate(data.test, return_dict=True, verbose=0)
-    return float(results["accuracy"])
+    # predict + labels rather than model.evaluate: the compiled metrics may
+    # expect distillation targets, the test split has plain labels.
+    out = model.predict(data.test.map(lambda x, y: x), verbose=0)
+    if isinstance(out, list):
+        out = out[-1]
+    labels = np.concatenate([np.asarray(y) for _, y in data.test])
+    if labels.ndim == 2:
+        labels = labels.argmax(-1)
+    return float(np.mean(np.argmax(out, -1) == labels))
 
 
 def cost_summary(ctx, model, **estimate_kwargs) -> Dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The stages a recipe runs: train, early_exit, prune, quantize, export.
+"""The stages a recipe runs: train, early_exit, prune, quantize, finetune, export.
 
 Each stage is a function ``stage(ctx) -> dict`` over a ``mntk.train.RunContext``:
 it reads its part of the config, updates ``ctx.model`` and returns the figures
@@ -54,8 +54,12 @@ def save_model(model, directory: str) -> str:
 
 
 def save_stage_model(ctx) -> None:
+    """The chief saves into the stage folder; other workers (which hold the
+    same weights) into their own folder, so no two processes write one file."""
     if ctx.model is not None:
-        save_model(ctx.model, ctx.stage_dir)
+        folder = fitting._writable_dir(ctx, "")
+        os.makedirs(folder, exist_ok=True)
+        save_model(ctx.model, folder)
 
 
 def load_stage_model(ctx, name: str):
@@ -64,7 +68,9 @@ def load_stage_model(ctx, name: str):
         path = os.path.join(ctx.stage_dir, filename)
         if os.path.exists(path):
             with ctx.strategy.scope():
-                return load_model(path)
+                # stages compile their own model; loading without the previous
+                # stage's loss and metrics also spares their custom objects
+                return load_model(path, compile=False)
     return ctx.model
 
 
@@ -118,23 +124,25 @@ def early_exit_stage(ctx) -> Dict[str, Any]:
     for layer, flag in trainable:
         layer.trainable = flag
     target = {k: float(cfg.target[k]) for k in cfg.target}
-    cal = early_exit.calibrate(multi, (data.x_val, data.y_val),
+    limit = int(cfg.get("max_examples", 0) or 0) or None
+    x_test, y_test = data.arrays("test", limit)
+    cal = early_exit.calibrate(multi, data.arrays("validation", limit),
                                criterion=cfg.get("criterion", "max_softmax"),
                                curve=True, verbose=0, **target)
     for folder in (ctx.stage_dir, ctx.workdir):
         cal.to_json(os.path.join(folder, "calibration.json"))
     runner = early_exit.EarlyExitRunner(multi, cal)
-    logits, exits = runner.predict(data.x_test)
-    final = multi.predict(data.x_test, verbose=0)[-1]
+    logits, exits = runner.predict(x_test)
+    final = multi.predict(x_test, verbose=0)[-1]
     rates = [float(r) for r in runner.exit_rates]
     mean = cost.estimate(multi, exit_rates=rates)
     backbone_ops = cost.estimate(ctx.model).ops
     staged_dir = os.path.join(ctx.workdir, "staged_tflite")
     export.to_tflite_staged(multi, cal, staged_dir, quantize="none", progress=False)
-    staged_logits, staged_exits = export.StagedRunner(staged_dir).predict(data.x_test)
+    staged_logits, staged_exits = export.StagedRunner(staged_dir).predict(x_test)
     multi.save(os.path.join(ctx.stage_dir, "multi.keras"))
-    accuracy = float(np.mean(np.argmax(logits, -1) == data.y_test))
-    final_accuracy = float(np.mean(np.argmax(final, -1) == data.y_test))
+    accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
+    final_accuracy = float(np.mean(np.argmax(final, -1) == y_test))
     return {"early_exit": {
         "at": list(cfg.at), "head": cfg.get("head", "osi"), "criterion": cal.criterion,
         "thresholds": cal.thresholds, "calibration_target": target,
@@ -181,45 +189,6 @@ def prune_stage(ctx) -> Dict[str, Any]:
     return summary
 
 
-def quantize_stage(ctx) -> Dict[str, Any]:
-    """Quantization-aware fine-tuning with ``quantize.scheme``, then int8 TFLite."""
-    from mntk import export, quantization
-    config, data, cfg = ctx.config, ctx.data, ctx.config.quantize
-    stage_cfg = fitting.section_train_config(config, "quantize")
-    schemes = {"ternary": lambda: quantization.TernaryScheme(
-                   threshold=float(cfg.get("threshold", 0.05))),
-               "learned": lambda: quantization.LearnedPrecisionScheme(),
-               "binary": lambda: quantization.BinaryScheme(),
-               "int8": lambda: "int8"}
-    if cfg.scheme not in schemes:
-        raise RecipeError(f"quantize.scheme={cfg.scheme!r} is unknown; use one of "
-                          f"{', '.join(schemes)}.")
-    n_steps = fitting.steps(ctx)
-    with ctx.strategy.scope():
-        model = quantization.quantize(ctx.model, scheme=schemes[cfg.scheme]())
-        fitting.compile_model(model, config, fitting.base_loss(config), n_steps,
-                              ctx.replicas, stage_cfg)
-    history = fitting.fit(ctx, model, int(stage_cfg.epochs), [])
-    ctx.model = model
-    path = os.path.join(ctx.workdir, f"model_{cfg.scheme}_int8.tflite")
-    result = export.to_tflite(model, path, quantize="int8", progress=False)
-    check = export.verify(path, model, (data.x_test, data.y_test))
-    out = {"scheme": cfg.scheme, "accuracy": fitting.evaluate(model, data),
-           "mean_weight_bits": float(quantization.mean_weight_bits(model)),
-           "tflite": {"path": os.path.relpath(path, ctx.workdir), "bytes": result.bytes,
-                      **fitting.verify_figures(check)},
-           "size": _size_report(model, path), "history": history}
-    out.update(fitting.cost_summary(ctx, model))
-    return {"quantization": out}
-
-
-def _size_report(model, path):
-    from mntk import export
-    report = export.size_report(model, path)
-    report = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    return {k: v for k, v in report.items() if k != "layers"}  # per-layer rows: cost.json
-
-
 def export_stage(ctx) -> Dict[str, Any]:
     """TFLite float and int8 files, each verified against Keras with LiteRT."""
     from mntk import export
@@ -229,17 +198,20 @@ def export_stage(ctx) -> Dict[str, Any]:
         model = pruning.strip(model)
     out = {}
     kinds = list(config.export.get("kinds", ("float", "int8")))
-    rep = data.x_train[: int(config.export.get("representative_examples", 200))]
+    rep = data.arrays("train", int(config.export.get("representative_examples", 200)))[0]
+    test = data.arrays("test", int(config.export.get("verify_examples", 0) or 0) or None)
     for kind in kinds:
         quantize = {"float": "none", "dynamic": "dynamic", "int8": "int8"}[kind]
         path = os.path.join(ctx.workdir, f"model_{kind}.tflite")
         result = export.to_tflite(model, path, quantize=quantize,
                                   representative_data=rep if kind == "int8" else None)
-        check = export.verify(path, model, (data.x_test, data.y_test))
+        check = export.verify(path, model, test)
         out[kind] = {"path": os.path.relpath(path, ctx.workdir), "bytes": result.bytes,
                      **fitting.verify_figures(check)}
     return {"tflite": out}
 
+
+from mntk.stages_quantize import finetune_stage, quantize_stage  # noqa: E402
 
 STAGES = {
     "train": train_stage,
@@ -247,4 +219,5 @@ STAGES = {
     "early_exit": early_exit_stage,
     "prune": prune_stage,
     "quantize": quantize_stage,
+    "finetune": finetune_stage,
 }
