@@ -8,8 +8,8 @@ the ``tf.distribute`` strategy the config names, and writes::
     WORKDIR/stages/<k>_<stage>/   model.keras, history.csv, tensorboard/,
                                   summary.json (the stage's own figures)
     WORKDIR/model.keras           the last stage's model (model.h5 for a QAT model)
-    WORKDIR/history.csv           the training stage's per-epoch log
-    WORKDIR/cost.json             mntk.cost report of the final model
+    WORKDIR/cost.json             mntk.cost report of the last counted model
+    WORKDIR/*.tflite, calibration.json, staged_tflite/   from export stages
     WORKDIR/summary.json          every stage's summary merged
 
 Resuming: a stage whose ``summary.json`` exists is skipped (its model is

@@ -63,7 +63,8 @@ def get_config():
     c.early_exit.loss = "confidence_weighted"
     c.early_exit.freeze_backbone = True
     c.early_exit.epochs = 8
-    c.early_exit.learning_rate = 3e-3
+    c.early_exit.learning_rate = 1e-2
+    c.early_exit.schedule = "constant"
     c.early_exit.criterion = "max_softmax"
     c.early_exit.target = ml_collections.ConfigDict({"max_accuracy_drop": 0.0})
 
