@@ -7,6 +7,8 @@ parts; ``mntk.train.run`` sequences them and handles resuming.
 """
 import functools
 import os
+import shutil
+import weakref
 from typing import Any, Dict
 
 import numpy as np
@@ -47,9 +49,22 @@ def model_filename(model) -> str:
     return "model.h5" if is_qat_model(model) else "model.keras"
 
 
+# model -> the file its last stage saved (weak keys: a new model never
+# inherits a dead one's entry). The run's final model is a copy
+# of that file: re-saving would read distributed variables, a collective the
+# other workers of a multi-worker run (which do not save there) never join.
+_SAVED = weakref.WeakKeyDictionary()
+
+
 def save_model(model, directory: str) -> str:
     path = os.path.join(directory, model_filename(model))
+    saved = _SAVED.get(model)
+    if saved and os.path.exists(saved) and os.path.basename(saved) == os.path.basename(path):
+        if os.path.abspath(saved) != os.path.abspath(path):
+            shutil.copyfile(saved, path)
+        return path
     model.save(path)
+    _SAVED[model] = path
     return path
 
 
