@@ -46,7 +46,38 @@ LatencyStats = collections.namedtuple(
     "LatencyStats", ["mean_ms", "p50_ms", "p90_ms", "p99_ms", "per_exit_mean_ms"])
 
 
-class EarlyExitRunner:
+class ExitStatistics:
+    """Exit histogram, rates and latency statistics of the last ``predict``
+    (shared by the Keras runner and ``mntk.export.StagedRunner``)."""
+
+    num_exits = 0
+    exit_index = np.zeros(0, dtype=np.int64)
+    latencies_ms = np.zeros(0)
+
+    def _record(self, exit_index, latencies_ms):
+        self.exit_index = np.asarray(exit_index, dtype=np.int64)
+        self.latencies_ms = np.asarray(latencies_ms, dtype=np.float64)
+        self.exit_histogram = np.bincount(self.exit_index, minlength=self.num_exits + 1)
+
+    @property
+    def exit_rates(self):
+        """Fraction of the last ``predict``'s samples leaving at each output."""
+        total = self.exit_histogram.sum()
+        return (self.exit_histogram / total).tolist() if total else None
+
+    def latency_stats(self):
+        """Latency percentiles (ms) of the last ``predict`` and mean per exit."""
+        lat = self.latencies_ms
+        if not len(lat):
+            raise RuntimeError("latency_stats: call predict first.")
+        per_exit = [float(lat[self.exit_index == i].mean())
+                    if np.any(self.exit_index == i) else None
+                    for i in range(self.num_exits + 1)]
+        return LatencyStats(float(lat.mean()), *map(float, np.percentile(
+            lat, [50, 90, 99])), per_exit)
+
+
+class EarlyExitRunner(ExitStatistics):
     """Runs a multi-exit model with real per-sample early termination.
 
     Args:
@@ -130,28 +161,8 @@ class EarlyExitRunner:
             logits.append(lo)
             exits.append(ex)
             latency.append(la)
-        self.exit_index = np.concatenate(exits)
-        self.latencies_ms = np.concatenate(latency)
-        self.exit_histogram = np.bincount(self.exit_index,
-                                          minlength=self.num_exits + 1)
+        self._record(np.concatenate(exits), np.concatenate(latency))
         return np.concatenate(logits), self.exit_index
-
-    @property
-    def exit_rates(self):
-        """Fraction of the last ``predict``'s samples leaving at each output."""
-        total = self.exit_histogram.sum()
-        return (self.exit_histogram / total).tolist() if total else None
-
-    def latency_stats(self):
-        """Latency percentiles (ms) of the last ``predict`` and mean per exit."""
-        lat = self.latencies_ms
-        if not len(lat):
-            raise RuntimeError("latency_stats: call predict first.")
-        per_exit = [float(lat[self.exit_index == i].mean())
-                    if np.any(self.exit_index == i) else None
-                    for i in range(self.num_exits + 1)]
-        return LatencyStats(float(lat.mean()), *map(float, np.percentile(
-            lat, [50, 90, 99])), per_exit)
 
     def mean_cost(self, **estimate_kwargs):
         """``mntk.cost.estimate`` of the model at the measured exit rates."""

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from mntk.compat import ensure_tf_keras
+from mntk.early_exit.runner import ExitStatistics
 
 __all__ = ["to_tflite_staged", "StagedRunner", "MANIFEST", "FORMAT"]
 
@@ -120,7 +121,7 @@ def to_tflite_staged(multi, thresholds, directory, quantize="none",
     return manifest
 
 
-class StagedRunner:
+class StagedRunner(ExitStatistics):
     """Runs a ``to_tflite_staged`` directory with LiteRT, sample by sample.
 
     ``predict(x)`` returns ``(logits, exit_index)`` like
@@ -187,25 +188,8 @@ class StagedRunner:
             latency.append((time.perf_counter() - start) * 1e3)
             logits.append(lo)
             exits.append(ex)
-        self.exit_index = np.asarray(exits, dtype=np.int64)
-        self.latencies_ms = np.asarray(latency)
-        self.exit_histogram = np.bincount(self.exit_index,
-                                          minlength=self.num_exits + 1)
+        self._record(exits, latency)
         return np.stack(logits), self.exit_index
-
-    @property
-    def exit_rates(self):
-        total = self.exit_histogram.sum()
-        return (self.exit_histogram / total).tolist() if total else None
-
-    def latency_stats(self):
-        """Mean and percentiles (ms) of the last ``predict``'s samples."""
-        lat = self.latencies_ms
-        if not len(lat):
-            raise RuntimeError("latency_stats: call predict first.")
-        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-        return {"mean_ms": float(lat.mean()), "p50_ms": float(p50),
-                "p90_ms": float(p90), "p99_ms": float(p99)}
 
 
 class _Stage:
