@@ -214,8 +214,12 @@ def _writable_dir(ctx, sub: str) -> str:
     """Stage sub-folder on the chief; a throw-away folder on other workers."""
     if is_chief():
         return os.path.join(ctx.stage_dir, sub)
-    task = os.environ.get("TF_CONFIG", "worker")
-    return os.path.join(ctx.stage_dir, f".worker_{abs(hash(task)) % 10**6}", sub)
+    # named from the task, not hash(): str hashes change between processes, and
+    # a restarted worker must find its own backup again
+    import json
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    name = f".worker_{task.get('type', 'worker')}_{task.get('index', 0)}"
+    return os.path.join(ctx.stage_dir, name, sub)
 
 
 def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, List[float]]:
