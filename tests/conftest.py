@@ -25,3 +25,20 @@ def _seed_and_clear():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
+
+
+# MirroredStrategy over the two logical CPUs reduces through one device instead
+# of collective ops: each new strategy restarts the collective instance keys,
+# and a key reused by a later strategy in this process aborts its all-reduce
+# ("Shape mismatch in the collective instance"). The replicas still train on
+# their own halves of the batch and sum their gradients.
+_NewMirroredStrategy = tf.distribute.MirroredStrategy
+
+
+class _MirroredStrategy(_NewMirroredStrategy):
+    def __init__(self, devices=None, cross_device_ops=None):
+        super().__init__(devices=devices, cross_device_ops=(
+            cross_device_ops or tf.distribute.ReductionToOneDevice()))
+
+
+tf.distribute.MirroredStrategy = _MirroredStrategy
