@@ -75,8 +75,7 @@ def evaluate():
     model_path = _existing(FLAGS.model)
     data = stages.load_data(FLAGS.config)
     if model_path.endswith(".tflite"):
-        from mntk import export
-        logits = export.run_tflite(model_path, data.x_test)
+        logits = _run_tflite(model_path, data.x_test)
     else:
         from mntk.serialization import load_model
         logits = load_model(model_path).predict(data.x_test, verbose=0)
@@ -151,7 +150,6 @@ def _flags_calibrate():
 @subcommand(_flags_calibrate)
 def calibrate():
     """Early-exit thresholds of --model on --config's validation data."""
-    import json
     from mntk import early_exit, stages
     from mntk.serialization import load_model
     multi = load_model(_existing(FLAGS.model))
@@ -162,11 +160,7 @@ def calibrate():
         raise UsageError("give exactly one of --exit_rate, --max_accuracy_drop, --mean_ops")
     result = early_exit.calibrate(multi, (data.x_val, data.y_val),
                                   criterion=FLAGS.criterion, **targets)
-    text = json.dumps(result.to_json(), indent=2)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            f.write(text)
-    print(text)
+    print(result.to_json(FLAGS.out))
 
 
 def _flags_report():
@@ -229,6 +223,20 @@ def format_summary(summary) -> str:
                      + (f"  score {q['cost']['score']:.6f}" if q.get("cost", {}).get("score") is not None
                         else ""))
     return "\n".join(lines)
+
+
+def _run_tflite(path, x, batch_size=256):
+    """Last output of a float-io TFLite file on ``x``, with the LiteRT interpreter."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner()
+    (input_name,) = interpreter.get_signature_list()["serving_default"]["inputs"]
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        result = runner(**{input_name: x[start:start + batch_size].astype(np.float32)})
+        outputs.append(result[sorted(result)[-1]] if len(result) > 1 else next(iter(result.values())))
+    return np.concatenate(outputs)
 
 
 def _existing(path):

@@ -12,9 +12,21 @@ from mntk.compat import keras
 
 
 def custom_objects():
-    """Every class a saved mntk model may need by name (tfmot's included)."""
+    """Every class a saved mntk model may need by name (tfmot's included).
+
+    Importing mntk's modules registers their layers, losses, regularizers and
+    activations (``mntk>...`` names); the plain class names are added too, for
+    configs that store a class by its bare name (e.g. compiled losses).
+    """
+    import importlib
     from mntk.quantization import schemes
     objects = dict(schemes.custom_objects())
+    for name in ("models", "losses", "regularizers", "callbacks", "early_exit"):
+        module = importlib.import_module(f"mntk.{name}")
+        for attr in getattr(module, "__all__", []):
+            value = getattr(module, attr, None)
+            if isinstance(value, type):
+                objects.setdefault(attr, value)
     return objects
 
 
