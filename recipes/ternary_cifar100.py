@@ -31,7 +31,6 @@ def get_config(arg=None):
     c.name = "ternary_cifar100"
     c.smoke = arg == "smoke"
     c.stages = ("train", "export", "quantize")
-    del c["prune"]
     c.cost.freebie = False       # below 16 bits: no freebie
 
     c.quantize = ml_collections.ConfigDict()
@@ -46,4 +45,5 @@ def get_config(arg=None):
     if c.smoke:
         kaist_cifar100.smoke(c)
         c.quantize.epochs = 2
+    del c["prune"]
     return c
