@@ -45,7 +45,10 @@ def test_tflite_int8_keeps_the_grid_and_agrees(kind, trained_float, tmp_path):
     assert set(kernels) == set(effective), (kernels.keys(), effective.keys())
     for name, (ints, scales) in kernels.items():
         per_channel = [np.unique(ints[c]) for c in range(ints.shape[0])]
-        if kind == "ternary":
+        if kind in ("ternary", "binary") and name == "dw":
+            # depthwise kernels stay 8-bit per channel (the schemes' default)
+            assert np.abs(ints).max() <= 127 and len(np.unique(ints)) > 3, name
+        elif kind == "ternary":
             assert len(np.unique(ints)) <= 3, name
         elif kind == "binary":
             assert all(len(v[v != 0]) <= 2 for v in per_channel), name
@@ -60,8 +63,12 @@ def test_tflite_int8_keeps_the_grid_and_agrees(kind, trained_float, tmp_path):
             _, quantizer, qvars = wq._weight_vars[0]
             bits = np.broadcast_to(quantizer.cost_bits(qvars), (ints.shape[0],))
             levels = 2 ** (bits - 1) - 1
+            # exported at scale s_c / m_c, m_c = floor(127 / n_c): the TFLite
+            # integers are k * m_c with |k| <= n_c (the b-bit grid's values)
+            multiple = np.floor(127 / levels)[:, None]
             flat = ints.reshape(ints.shape[0], -1).astype(float)
-            assert np.all(np.abs(flat) <= levels[:, None]), name
+            np.testing.assert_array_equal(np.mod(flat, multiple), 0, err_msg=name)
+            assert np.all(np.abs(flat / multiple) <= levels[:, None]), name
             step = np.abs(keras_ints).max(axis=1, keepdims=True)
             ratio = np.abs(keras_ints) / np.where(step == 0, 1, step)
             tfl_ratio = np.abs(flat) / np.maximum(np.abs(flat).max(1, keepdims=True), 1)
@@ -69,15 +76,15 @@ def test_tflite_int8_keeps_the_grid_and_agrees(kind, trained_float, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "measured 0.89-0.985 top-1 agreement after 1 QAT epoch on the tiny model "
-    "(tfmot int8 itself: 0.982); learned precision shows a max |diff| of 8.6 "
-    "that still needs investigating"))
 @pytest.mark.parametrize("kind", sorted(SCHEMES))
 def test_tflite_int8_agrees_with_keras(kind, trained_float, tmp_path):
     model, x, y = _float_model(trained_float)
-    q = compile_model(mq.quantize(model, scheme=SCHEMES[kind](), skip=[]), lr=1e-3)
-    q.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    # the schemes' default skip: ternary/binary keep the first conv and last
+    # Dense float, as TTQ did (all-ternary, the 8x8 model reaches only ~50%)
+    q = compile_model(mq.quantize(model, scheme=SCHEMES[kind]()), lr=3e-3)
+    # 5 epochs: after 1 the low-bit models are ~30-75% accurate, with
+    # near-tied logits whose top-1 a one-step int8 rounding can flip.
+    q.fit(x, y, epochs=5, batch_size=64, verbose=0)
     result = mntk.export.to_tflite(q, tmp_path / "q.tflite", quantize="int8",
                                    progress=False)
     parity = mntk.export.verify(result.path, q, (x[:600], y[:600]))
@@ -85,13 +92,34 @@ def test_tflite_int8_agrees_with_keras(kind, trained_float, tmp_path):
 
 
 def test_ternary_effective_kernels_have_three_values():
-    q = mq.quantize(tiny_model(), scheme=mq.TernaryScheme(), skip=[])
+    q = mq.quantize(tiny_model(), scheme=mq.TernaryScheme(depthwise="same"), skip=[])
     for name, kernel in mq.quantized_weights(q).items():
         assert len(np.unique(kernel)) <= 3, name
 
 
+@pytest.mark.parametrize("scheme", [mq.TernaryScheme, mq.BinaryScheme])
+def test_depthwise_kernels_default_to_8_bits(scheme):
+    q = mq.quantize(tiny_model(), scheme=scheme(), skip=[])
+    bits = mq.bit_widths(q)
+    assert bits["dw"]["weights"] == 8.0
+    assert bits["pw"]["weights"] == 1.0
+    dw = mq.quantized_weights(q)["dw"].reshape(-1, 8)
+    assert max(len(np.unique(dw[:, c])) for c in range(8)) > 3
+    with pytest.raises(ValueError, match="depthwise"):
+        scheme(depthwise="float")
+
+
+def test_learned_scheme_keeps_model_outputs_at_8_bits():
+    scheme = mq.LearnedPrecisionScheme(init_bits=4)
+    q = mq.quantize(tiny_model(), scheme=scheme, skip=[])
+    bits = mq.bit_widths(q)
+    assert bits["logits"]["activations"] == 8.0
+    assert bits["fc"]["activations"] == 4.0 and bits["logits"]["weights"] == 4.0
+    assert scheme.model_output_names == frozenset()  # the caller's scheme is untouched
+
+
 def test_binary_has_two_values_per_channel():
-    q = mq.quantize(tiny_model(), scheme=mq.BinaryScheme(), skip=[])
+    q = mq.quantize(tiny_model(), scheme=mq.BinaryScheme(depthwise="same"), skip=[])
     kernels = mq.quantized_weights(q)
     for name in ("stem", "pw"):
         k = kernels[name].reshape(-1, kernels[name].shape[-1])

@@ -1,4 +1,6 @@
 """One-call quantization and read-outs of a quantized model."""
+import copy
+
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
@@ -92,6 +94,9 @@ def quantize(model, scheme="int8", skip=None):
     if pruned:
         model = tfmot.sparsity.keras.strip_pruning(model)
     scheme = _resolve_scheme(scheme, pruned)
+    if isinstance(scheme, _schemes._MntkScheme):
+        scheme = copy.copy(scheme)  # the caller's scheme stays model-independent
+        scheme.model_output_names = frozenset(model.output_names)
     if skip is None:
         skip = default_skip(model) if getattr(scheme, "default_skip_first_last", False) else set()
     if callable(skip):
