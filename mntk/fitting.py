@@ -173,24 +173,31 @@ class EpochSeededRandomness(keras.callbacks.Callback):
 class StateBackup(keras.callbacks.Callback):
     """Checkpoints variables that live outside the model (SRIP's power-iteration
     vectors and coefficient) next to ``BackupAndRestore``'s checkpoint: saved
-    at each epoch end, restored when training starts again."""
+    at each epoch end, restored when training starts again.
 
-    def __init__(self, variables, directory: str):
+    Like ``BackupAndRestore`` under a multi-worker strategy, every worker saves
+    (reading a replica-synced variable is a collective all of them must join),
+    the others into a private folder, and all restore from the chief's.
+    """
+
+    def __init__(self, variables, directory: str, chief: bool = True, worker: str = ""):
         super().__init__()
         self.directory = directory
+        self.write_dir = directory if chief else f"{directory}_{worker or 'worker'}"
         self.checkpoint = tf.train.Checkpoint(state=list(variables))
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir, max_to_keep=1)
 
     def on_train_begin(self, logs=None):
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
+        latest = tf.train.latest_checkpoint(self.directory)
+        if latest:
+            self.checkpoint.restore(latest).assert_consumed()
 
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save(checkpoint_number=epoch)
 
     def on_train_end(self, logs=None):
-        if os.path.isdir(self.directory):  # finished: nothing left to resume
-            tf.io.gfile.rmtree(self.directory)
+        if os.path.isdir(self.write_dir):  # finished: nothing left to resume
+            tf.io.gfile.rmtree(self.write_dir)
 
 
 class TechniqueLogger(keras.callbacks.Callback):
@@ -231,7 +238,10 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     included).
     """
     config, data = ctx.config, ctx.data
-    backup_dir = _writable_dir(ctx, "backup")
+    # one backup folder for every worker: BackupAndRestore writes the chief's
+    # checkpoint and worker-private temporaries there, and all workers restore
+    # from the chief's, so they resume at the same epoch.
+    backup_dir = os.path.join(ctx.stage_dir, "backup")
     first = saved_epoch(backup_dir)
     gbs = ctx.global_batch_size(config.data.batch_size)
     n_steps = steps(ctx)
@@ -278,7 +288,8 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
         TechniqueLogger(),
         cost.CostLogger(task=config.get("cost", {}).get("task"),
                         freebie=bool(config.get("cost", {}).get("freebie", False))),
-        StateBackup(state, backup_dir + "_state"),
+        StateBackup(state, backup_dir + "_state", chief=is_chief(),
+                    worker=os.path.basename(os.path.dirname(_writable_dir(ctx, "x")))),
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_csv, append=first > 0),
         keras.callbacks.TensorBoard(_writable_dir(ctx, "tensorboard"), profile_batch=0),

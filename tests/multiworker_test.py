@@ -136,9 +136,12 @@ def test_killed_pair_resumes_from_backup(straight_pair, tmp_path):
     assert codes == [0, 0], logs[0][-3000:]
     for a, b in zip(chief, other):
         np.testing.assert_array_equal(a, b)
-    # resumed at epoch 2 with the same batches: the weights of an uninterrupted pair
+    # resumed at epoch 2 with the same batches: the weights of an uninterrupted
+    # pair, up to float rounding (the gRPC all-reduce does not fix the order in
+    # which the two workers' gradients are summed; measured up to ~2e-3 after
+    # Adam; a run that lost its backup differs by ~1e-1)
     for a, b in zip(chief, reference):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-2)
     with open(os.path.join(stage, "history.csv")) as f:
         rows = f.read().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(EPOCHS)]
@@ -185,4 +188,8 @@ def test_multi_stage_run_killed_in_a_later_stage_resumes_there(tmp_path, capsys)
         rows = f.read().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]   # epoch 0 kept, 1 redone
     assert summary["pruning"]["target"] == 0.5
-    assert np.mean(list(summary["pruning"]["sparsity"].values())) == pytest.approx(0.5, abs=0.05)
+    # tfmot leaves depthwise kernels dense; every other kernel reached the target
+    sparsity = summary["pruning"]["sparsity"]
+    pruned = {k: v for k, v in sparsity.items() if "_dw" not in k}
+    assert len(pruned) >= 10
+    assert all(v == pytest.approx(0.5, abs=0.05) for v in pruned.values()), sparsity
