@@ -78,9 +78,9 @@ def test_smoke_run_trains_exports_and_scores(name, tmp_path_factory):
     assert tflites
     for entry in tflites:
         assert os.path.getsize(os.path.join(workdir, entry["path"])) == entry["bytes"] > 0
-        # a smoke model is barely trained: its logits are near-tied, so top-1
-        # agreement says little; the verified logits must still be close
-        assert 0.0 <= entry["agreement"] <= 1.0 and entry["max_abs_diff"] < 0.5, entry
+        # a smoke model is barely trained: where its logits are near-tied, top-1
+        # agreement says little, so the logits must then be close instead
+        assert entry["agreement"] >= 0.9 or entry["max_abs_diff"] < 0.5, entry
 
 
 def test_kaist_srip_smoothing_cutmix_and_pruning(tmp_path_factory):
