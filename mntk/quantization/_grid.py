@@ -8,6 +8,7 @@ makes that scale exactly ``s``, so values already on a grid of step ``s``
 become the integers ``w / s`` with no re-rounding: the learned grid is kept.
 """
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 
 from mntk.compat import keras
 
@@ -112,3 +113,16 @@ def keep_weight_order(wrapper):
     have = {id(v) for v in wrapper._trainable_weights}
     missing = [w for w in inner.trainable_weights if id(w) not in have]
     wrapper._trainable_weights[:0] = missing
+
+
+class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """tfmot Quantizer compared by configuration (tfmot matches quantizers by
+    equality when it clones and reloads wrapped layers)."""
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = None

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from mntk.compat import keras
 from mntk.quantization import _grid
 
-_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+from mntk.quantization._grid import Quantizer as _Quantizer
 
 
 @keras.utils.register_keras_serializable(package="mntk")
@@ -86,11 +86,3 @@ class BinaryWeightQuantizer(_Quantizer):
         return {"clip": self.clip, "depthwise": self.depthwise,
                 "preserve_sparsity": self.preserve_sparsity,
                 "per_channel": self.per_channel}
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    __hash__ = None

@@ -26,7 +26,7 @@ import tensorflow_model_optimization as tfmot
 from mntk.compat import keras
 from mntk.quantization import _grid
 
-_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+from mntk.quantization._grid import Quantizer as _Quantizer
 
 
 @keras.utils.register_keras_serializable(package="mntk")
@@ -150,14 +150,6 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
                 "trainable_bits": self.trainable_bits,
                 "per_channel": self.per_channel}
 
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    __hash__ = None
-
 
 @keras.utils.register_keras_serializable(package="mntk")
 class LearnedPrecisionActivationQuantizer(_Quantizer):
@@ -239,11 +231,3 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
     def get_config(self):
         return {"init_bits": self.init_bits, "min_bits": self.min_bits,
                 "max_bits": self.max_bits, "trainable_bits": self.trainable_bits}
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    __hash__ = None

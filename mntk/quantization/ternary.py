@@ -20,7 +20,7 @@ import tensorflow_model_optimization as tfmot
 from mntk.compat import keras
 from mntk.quantization import _grid
 
-_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+from mntk.quantization._grid import Quantizer as _Quantizer
 
 
 @keras.utils.register_keras_serializable(package="mntk")
@@ -126,11 +126,3 @@ class TernaryWeightQuantizer(_Quantizer):
         return {"threshold": self.threshold, "init": self.init,
                 "preserve_sparsity": self.preserve_sparsity,
                 "snap_to_int8": self.snap_to_int8, "depthwise": self.depthwise}
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    __hash__ = None
