@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "callbacks", "cost", "data", "early_exit", "export", "losses", "models",
     "pruning", "quantization", "regularizers", "report", "train", "cli",
-    "serialization",
+    "serialization", "wrapped",
 )
 
 

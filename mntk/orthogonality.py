@@ -13,11 +13,12 @@ non-square W the larger Gram matrix has rank < its size, so sigma(G - I) >= 1
 there whatever W is.
 
 This module also finds the latent float kernels of a layer, looking through
-tfmot's pruning (`PruneLowMagnitude`) and QAT (`QuantizeWrapperV2`) wrappers.
+tfmot's pruning and QAT wrappers (with `mntk.wrapped`).
 """
 import numpy as np
 import tensorflow as tf
 
+from mntk import wrapped
 from mntk.compat import keras
 
 __all__ = [
@@ -122,36 +123,8 @@ def spectral_norm_estimate(matrix, power_iterations: int = 2, vector=None, squar
     return estimate, tf.stop_gradient(tf.math.l2_normalize(v))
 
 
-def unwrap_layer(layer):
-    """The innermost layer of a chain of Keras wrappers (tfmot pruning, QAT, ...)."""
-    while isinstance(layer, keras.layers.Wrapper):
-        layer = layer.layer
-    return layer
-
-
-def _latent_variables(layer):
-    """All float variables of `layer`, including latent kernels a QAT wrapper hides.
-
-    tfmot's QuantizeWrapper replaces `inner.kernel` with the fake-quantized
-    tensor on call, which removes the variable from `inner.weights`; the latent
-    variable stays in the wrapper's `_weight_vars` (weight, quantizer, vars).
-    """
-    found, seen = [], set()
-    current = layer
-    while True:
-        for entry in getattr(current, "_weight_vars", ()) or ():
-            candidate = entry[0]
-            if id(candidate) not in seen:
-                seen.add(id(candidate))
-                found.append(candidate)
-        if not isinstance(current, keras.layers.Wrapper):
-            break
-        current = current.layer
-    for candidate in current.weights:
-        if id(candidate) not in seen:
-            seen.add(id(candidate))
-            found.append(candidate)
-    return found
+# Kept under this name for the regularizers and losses that import it from here.
+unwrap_layer = wrapped.unwrap
 
 
 def layer_kernels(layer):
@@ -164,7 +137,7 @@ def layer_kernels(layer):
     """
     inner = unwrap_layer(layer)
     by_name = {}
-    for variable in _latent_variables(layer):
+    for variable in wrapped.latent_variables(layer):
         by_name.setdefault(_short_name(variable), variable)
     conv_base = keras.layers.Conv2D.__mro__[1]  # the shared `Conv` base class
     depthwise_types = tuple(

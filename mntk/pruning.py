@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from mntk import wrapped
 from mntk.compat import ensure_tf_keras, keras
 
 _sparsity = tfmot.sparsity.keras
@@ -149,24 +150,6 @@ def strip(model):
     return _sparsity.strip_pruning(model)
 
 
-def _kernel_of(layer):
-    weight_vars = getattr(layer, "_weight_vars", None)  # tfmot QAT wrapper
-    if weight_vars:
-        weight, quantizer, qvars = weight_vars[0]
-        return quantizer(weight, False, weights=qvars).numpy()
-    inner = getattr(layer, "layer", layer)
-    for attr in ("kernel", "depthwise_kernel"):
-        if getattr(inner, attr, None) is not None:
-            weight = getattr(inner, attr)
-            mask = None
-            for v in getattr(layer, "weights", []):
-                if v.name.split("/")[-1].startswith("mask"):
-                    mask = v
-            value = np.asarray(weight)
-            return value * np.asarray(mask) if mask is not None else value
-    return None
-
-
 def sparsity(model):
     """{layer name: fraction of exact zeros in its kernel}.
 
@@ -175,8 +158,7 @@ def sparsity(model):
     """
     out = {}
     for layer in model.layers:
-        kernel = _kernel_of(layer)
+        kernel = wrapped.effective_kernel(layer)
         if kernel is not None:
-            name = getattr(getattr(layer, "layer", None), "name", layer.name)
-            out[name] = float(np.mean(kernel == 0.0))
+            out[wrapped.unwrap(layer).name] = float(np.mean(kernel == 0.0))
     return out
