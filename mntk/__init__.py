@@ -10,7 +10,8 @@ from mntk import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "callbacks", "cost", "data", "early_exit", "export", "losses", "models",
+    "callbacks", "cost", "data", "early_exit", "export", "global_pruning", "losses",
+    "models",
     "pruning", "quantization", "regularizers", "report", "train", "cli",
     "serialization", "wrapped",
 )
