@@ -5,6 +5,8 @@ import pytest
 from mntk.compat import keras
 import mntk
 
+import cost_reference
+
 L = keras.layers
 
 
@@ -13,14 +15,9 @@ def rows_of(report, layer_name):
 
 
 def numpy_kernel_count(kernel, channels, spatial, bias, bits=32.0):
-    """Independent count: per-channel nonzeros, mask when any zero, bias."""
-    cols = np.asarray(kernel).reshape(-1, channels)
-    nnz = (cols != 0).sum(axis=0)
-    mults = int(nnz.sum()) * spatial
-    adds = int(np.maximum(nnz - 1, 0).sum()) * spatial + (channels * spatial if bias else 0)
-    param_bits = nnz.sum() * bits + (cols.size if (cols == 0).any() else 0) + (
-        channels * bits if bias else 0)
-    return mults, adds, param_bits
+    """Independent count: the cheaper of dense and sparse storage, the stored
+    values' mults/adds, a dense bias (tests/cost_reference.py)."""
+    return cost_reference.kernel_count(kernel, channels, spatial, bias, bits)
 
 
 def single_layer(layer, input_shape):
@@ -101,6 +98,74 @@ def test_sparsity_mask_and_per_channel_counts(layer_kind):
     mults, adds, param_bits = numpy_kernel_count(values, 6, spatial, bias=True)
     assert (row.mults, row.adds, row.param_bits) == (mults, adds, param_bits)
     assert row.sparsity == pytest.approx((values == 0).mean())
+
+
+def test_few_zeros_stay_dense():
+    """A random init's exact zeros must not trigger the mask (or skip mults):
+    sparse storage only wins when zeros * 32 > size (3.1% zeros at 32 bits)."""
+    layer = L.Dense(8, name="fc")
+    model = single_layer(layer, (16,))
+    values = layer.kernel.numpy()
+    values.reshape(-1)[:4] = 0.0                         # 4 of 128 zeros: dense
+    layer.kernel.assign(values)
+    [row] = rows_of(mntk.cost.estimate(model), "fc")
+    assert row.encoding == "dense" and row.param_bits == 32 * (128 + 8)
+    assert row.mults == 128
+    values.reshape(-1)[:5] = 0.0                         # 5 * 32 > 128: sparse
+    layer.kernel.assign(values)
+    [row] = rows_of(mntk.cost.estimate(model), "fc")
+    assert row.encoding == "sparse" and row.param_bits == 32 * (123 + 8) + 128
+    assert row.mults == 123
+
+
+def test_low_bit_channels_choose_the_cheaper_encoding():
+    """Per-channel bits are summed per channel: with 2-bit channels the mask
+    (1 bit a value) costs more than the zeros save, so stay dense."""
+    from mntk.cost.storage import tensor_storage
+    rng = np.random.default_rng(4)
+    cols = rng.normal(size=(10, 4))
+    cols[rng.random(cols.shape) < 0.4] = 0.0
+    for bits in ([2, 2, 2, 2], [8, 8, 2, 2], [32, 32, 32, 32]):
+        got = tensor_storage(cols, np.array(bits, float))
+        want_bits, want_stored = cost_reference.storage(cols, np.array(bits, float))
+        assert got.param_bits == want_bits
+        np.testing.assert_array_equal(got.stored, want_stored)
+    assert tensor_storage(cols, np.full(4, 2.0)).encoding == "dense"
+    assert tensor_storage(cols, np.full(4, 32.0)).encoding == "sparse"
+
+
+def test_block_sparsity_one_mask_bit_per_block():
+    import tensorflow_model_optimization as tfmot
+    sparsity = tfmot.sparsity.keras
+    inputs = keras.Input((8,))
+    pruned = sparsity.prune_low_magnitude(
+        L.Dense(6, name="fc"), block_size=(2, 3),
+        pruning_schedule=sparsity.ConstantSparsity(0.5, 0))
+    model = keras.Model(inputs, pruned(inputs))
+    wrapper = model.layers[-1]
+    [(weight, mask, _)] = wrapper.pruning_vars
+    block_mask = np.zeros((4, 2))
+    block_mask[[0, 1, 3], [0, 1, 0]] = 1                 # 3 of 8 blocks kept
+    mask.assign(np.kron(block_mask, np.ones((2, 3))).astype("float32"))
+    [row] = rows_of(mntk.cost.estimate(model), wrapper.name)
+    kept = np.kron(block_mask, np.ones((2, 3)))
+    stored = kept.sum(axis=0)                            # values per column
+    # 18 kept values at 32 bits + one bit per block (8) + 6 biases.
+    assert row.encoding == "block"
+    assert row.param_bits == 32 * 18 + 8 + 32 * 6
+    assert row.mults == stored.sum()
+    assert row.adds == np.maximum(stored - 1, 0).sum() + 6
+
+
+def test_json_rows_show_encoding_and_bit_groups():
+    layer = L.Dense(4, name="fc")
+    model = single_layer(layer, (40,))
+    values = layer.kernel.numpy()
+    values[:30] = 0.0
+    layer.kernel.assign(values)
+    [row] = [r for r in mntk.cost.estimate(model).to_json()["layers"] if r["layer"] == "fc"]
+    assert row["encoding"] == "sparse" and row["channels"] == 4
+    assert row["bit_groups"] == [{"bits": 32.0, "channels": 4}]
 
 
 def test_dense_tensor_has_no_mask():
@@ -282,11 +347,65 @@ def test_binary_kernel():
     values = np.where(np.random.default_rng(2).random((8, 4)) < 0.5, -0.25, 0.25)
     set_kernel(layer, values)
     [row] = rows_of(mntk.cost.estimate(model), "b")
-    # Binary mults count 1/32; storage 1 bit per weight + one 32-bit scale.
-    assert row.kind == "dense:binary"
-    assert (row.mults, row.adds) == (32, 28)
-    assert row.ops == pytest.approx(32 / 32 + 28)
+    # +-1 products at the input's bits (a 32-bit float input: 32 of them at
+    # 32 bits), one 32-bit scale mult per output (4); 7 adds per output.
+    # Storage: 1 bit per weight + one 32-bit scale (one alpha for the tensor).
+    assert row.kind == "dense:binary" and row.encoding == "dense"
+    assert (row.mults, row.adds) == (32 + 4, 28)
+    assert row.ops == 36 + 28
     assert row.param_bits == 32 + 32
+
+
+def test_binary_per_channel_scales_and_pruned_binary():
+    layer = L.Conv2D(3, 3, use_bias=False, name="b")
+    model = single_layer(layer, (5, 5, 2))          # 3x3 output, 18 weights/channel
+    rng = np.random.default_rng(3)
+    alphas = np.array([0.1, 0.2, 0.3])
+    values = np.where(rng.random((3, 3, 2, 3)) < 0.5, -1.0, 1.0) * alphas
+    set_kernel(layer, values)
+    [row] = rows_of(mntk.cost.estimate(model), "b")
+    assert row.kind == "conv:binary"
+    # 18 * 3 * 9 sign products at 32 bits + 27 scale mults; 17 adds/output.
+    assert (row.mults, row.adds) == (18 * 27 + 27, 17 * 27)
+    assert row.param_bits == 54 + 3 * 32                 # 1 bit each + 3 scales
+    values[rng.random(values.shape) < 0.5] = 0.0
+    values[0, 0, 0, :] = alphas                           # no channel left empty
+    set_kernel(layer, values)
+    [row] = rows_of(mntk.cost.estimate(model), "b")
+    nnz = (values.reshape(-1, 3) != 0).sum(axis=0)
+    # Zeros need a third level: 1 sign bit per nonzero + the 1-bit mask.
+    assert row.kind == "conv:binary" and row.encoding == "sparse"
+    assert row.param_bits == nnz.sum() + 54 + 3 * 32
+    assert (row.mults, row.adds) == (nnz.sum() * 9 + 27, (nnz - 1).sum() * 9)
+
+
+def test_binary_products_count_at_the_input_bits():
+    """A BinaryScheme model under tfmot: int8 inputs make the +-1 products
+    8-bit ops (not 1/32: int8 is two's complement, not sign-magnitude)."""
+    import tensorflow_model_optimization as tfmot
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 1, name="first")(inputs)
+    x = L.Conv2D(5, 3, use_bias=False, name="c")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(3, name="fc")(x))
+    q = mntk.quantization.quantize(model, scheme=mntk.quantization.BinaryScheme())
+    report = mntk.cost.estimate(q)
+    [row] = [r for r in report.layers if r.kind.endswith(":binary")]
+    wrapper = q.get_layer(row.layer)
+    assert row.kind == "conv+bn:binary" and wrapper.layer.name == "c"
+    kernel = [v for v in wrapper.weights if v.name.endswith("kernel:0")][0].numpy()
+    cols = np.sign(kernel).reshape(-1, 5)
+    alpha = np.abs(kernel).reshape(-1, 5).mean(axis=0)
+    assert np.all(alpha > 0) and tfmot is not None
+    positions = 16                                       # 4x4 valid output
+    # Hand count: 36 sign products per output at the 8-bit input width, one
+    # 32-bit scale mult per output, 35 adds + 1 folded-BN bias add per output.
+    assert row.mult_terms == [(36 * 5 * positions, 8.0), (5 * positions, 32.0)]
+    assert row.adds == (35 + 1) * 5 * positions
+    # 1 bit per weight, 5 per-channel alphas (the quantizer's cost_params),
+    # 5 folded-BN biases at 32 bits.
+    assert row.param_bits == cols.size + 5 * 32 + 5 * 32
 
 
 def test_freebie_counts_params_and_mults_at_16():

@@ -7,6 +7,8 @@ import tensorflow_model_optimization as tfmot
 from mntk.compat import keras
 import mntk
 
+import cost_reference
+
 L = keras.layers
 tfq = tfmot.quantization.keras
 
@@ -148,15 +150,14 @@ def test_tfmot_default_8bit_model():
     wrapper = q.get_layer("quant_c1")
     [(weight, quantizer, qvars)] = wrapper._weight_vars
     effective = quantizer(weight, False, weights=qvars).numpy().reshape(-1, 4)
-    nnz = (effective != 0).sum(axis=0)
+    storage_bits, stored = cost_reference.storage(effective, 8.0)
     [row] = [r for r in report.layers if r.layer == "quant_c1"]
     assert row.bits == 8 and row.kind == "conv+bn"
-    # Storage: 8-bit nonzeros (+ mask if any zero) + the folded BN bias at 32
-    # bits + the per-channel min/max of the weight quantizer (2 x 4 values).
-    mask = effective.size if (effective == 0).any() else 0
-    assert row.param_bits == 8 * nnz.sum() + mask + 32 * 4 + 32 * 8
+    # Storage: the cheaper of dense/sparse 8-bit values + the folded BN bias
+    # at 32 bits + the per-channel min/max of the weight quantizer (2 x 4).
+    assert row.param_bits == storage_bits + 32 * 4 + 32 * 8
     # Input comes from the 8-bit QuantizeLayer: the mults count 8/32.
-    assert row.mults == nnz.sum() * 36
+    assert row.mults == stored.sum() * 36
     assert row.ops == pytest.approx(row.mults * 8 / 32 + row.adds)
     # The classifier reads the GAP output, which tfmot quantizes to 8 bits, with
     # 8-bit weights: its mults count 8/32; the GAP multiplies by the 32-bit
@@ -232,11 +233,11 @@ def test_quantizer_protocol_per_channel_bits():
     [row] = [r for r in report.layers if r.layer == wrapper.name]
     [(weight, quantizer, qvars)] = wrapper._weight_vars
     effective = quantizer(weight, False, weights=qvars).numpy()
-    nnz = (effective != 0).sum(axis=0)
     bits = np.array([2.0, 4.0, 8.0])
-    mask = effective.size if (effective == 0).any() else 0
-    # Per-channel storage + one 32-bit scale per channel (cost_params = 3).
-    assert row.param_bits == (nnz * bits).sum() + mask + 32 * 3
+    # Per-channel storage (cheaper of dense/sparse, bits summed per channel)
+    # + one 32-bit scale per channel (cost_params = 3).
+    storage_bits, nnz = cost_reference.storage(effective, bits)
+    assert row.param_bits == storage_bits + 32 * 3
     assert row.bits == pytest.approx(bits.mean())
     # Inputs are 8-bit (QuantizeLayer): a mult counts max(w bits, 8) / 32.
     assert row.mults == nnz.sum()

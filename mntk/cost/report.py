@@ -4,6 +4,8 @@ import json
 import math
 from typing import List, Optional, Sequence, Tuple
 
+from mntk.cost.storage import bit_groups
+
 __all__ = ["LayerCost", "CostReport"]
 
 
@@ -29,6 +31,17 @@ class LayerCost:
       sparsity: fraction of zeros in the kernel (0 for rows without one).
       param_bits: storage in bits (weights, masks, biases, scales, ranges).
       exit: index of the first model output that needs this row.
+      encoding: for a row with a kernel, the storage chosen for it: "dense",
+        "sparse" (nonzeros + 1-bit mask) or "block" (block sparsity); "" else.
+      channel_bits: kernel rows: the weight bits of each output channel
+        (numpy array), else None.
+      channel_values: kernel rows: the values stored (and multiplied) per
+        output channel, per output position (numpy array), else None.
+      spatial: kernel rows: output positions per channel (N / channels).
+      input_bits: kernel rows: the bits of the kernel's input tensor.
+    The kernel fields let a caller recount a row at other bits: the row's
+    multiplies are sum_c channel_values[c] * spatial, each at
+    max(channel_bits[c], input_bits) (see `mntk.cost.layer_rows`).
     """
     name: str
     layer: str
@@ -40,6 +53,16 @@ class LayerCost:
     mult_terms: List[Tuple[float, float]] = dataclasses.field(default_factory=list)
     add_terms: List[Tuple[float, float]] = dataclasses.field(default_factory=list)
     exit: int = 0
+    encoding: str = ""
+    channel_bits: Optional[object] = None
+    channel_values: Optional[object] = None
+    spatial: int = 0
+    input_bits: float = 32.0
+
+    @property
+    def channels(self) -> int:
+        """Output channels of the row's kernel (0 for a row without one)."""
+        return 0 if self.channel_bits is None else int(len(self.channel_bits))
 
     @property
     def mults(self) -> float:
@@ -84,6 +107,10 @@ class LayerCost:
             "adds": float(self.adds), "mult_bits": float(self.mult_bits),
             "add_bits": float(self.add_bits), "ops": float(self.ops),
             "exit": int(self.exit),
+            "encoding": self.encoding,
+            "bit_groups": ([] if self.channel_bits is None
+                           else bit_groups(self.channel_bits)),
+            "channels": self.channels,
         }
 
 
@@ -176,12 +203,12 @@ class CostReport:
         json.dumps(out)  # fail here, not in the caller, if anything slipped through
         return out
 
-    _COLUMNS = ("name", "kind", "shape", "bits", "sparsity", "params",
+    _COLUMNS = ("name", "kind", "shape", "bits", "sparsity", "storage", "params",
                 "mults", "adds", "ops")
 
     def _cells(self, row: LayerCost) -> Sequence[str]:
         return (row.name, row.kind, "x".join(str(d) for d in row.shape),
-                f"{row.bits:g}", f"{row.sparsity:.3f}", _si(row.params),
+                f"{row.bits:g}", f"{row.sparsity:.3f}", row.encoding or "-", _si(row.params),
                 _si(row.mults), _si(row.adds), _si(row.ops))
 
     def _summary_lines(self) -> List[str]:

@@ -6,9 +6,12 @@ nnz_c = nonzeros feeding output channel c, S = N / channels):
     adds sum_c (nnz_c - 1) * S, + N with a bias (or a folded BatchNorm);
   ternary kernel {-a, 0, +b} (TTQ, Zhu et al. ICLR 2017): 2 mults per output
     element, (nnz_c - 1) adds, storage 1 sign bit per nonzero + mask + scales;
-  binary kernel {-a, +a}: multiplies count at 1 bit;
-  storage of a kernel: nonzeros at their bits + a 1-bit mask over the tensor
-    when it has any zero; biases are never sparse.
+  binary kernel {-a_c, +a_c} per output channel: each +-1 product at the
+    input's bits, + 1 scale mult per output element, 1 bit per weight + scales;
+  storage of a kernel: the cheaper of dense (sum_c n_c * b_c) and sparse
+    (sum_c nnz_c * b_c + a 1-bit mask over the tensor), see
+    `mntk.cost.storage`; the multiplies are those of the stored values.
+    Biases are never sparse.
   activations per element (mults, adds): see ACTIVATION_COSTS.
 A rule is `fn(layer, ctx) -> list of LayerCost`; add one for a custom layer
 with `mntk.cost.register_rule(MyLayer, fn)` (see `CostContext`).
@@ -20,6 +23,7 @@ import numpy as np
 
 from mntk.compat import keras
 from mntk.cost.report import LayerCost
+from mntk.cost.storage import tensor_storage
 from mntk.cost.wrappers import class_names
 
 __all__ = ["ACTIVATION_COSTS", "CostContext", "register_rule", "rule_for",
@@ -171,22 +175,38 @@ class CostContext:
                                  suffix="/activation")]
 
 
-def _kernel_scheme(values: np.ndarray, nnz: int) -> str:
-    """'ternary' ({-a, 0, +b}), 'binary' ({-a, +a}) or 'dense' from the values."""
-    if values.size <= 2 or nnz == 0:
+def _sign_scheme(values: np.ndarray) -> str:
+    """'ternary', 'binary' or 'dense' from a (rows, channels) kernel's values.
+
+    ternary: the whole tensor holds {-a, 0, +b} (TTQ's per-layer Wn, Wp);
+    binary: every output channel c holds only {-a_c, +a_c}, both signs in
+      the tensor (XNOR-style
+      per-channel scales, `BinaryScheme`), zeros allowed where pruned; a
+      tensor-wide {-a, 0, +a} with zeros is counted as ternary (the cheaper
+      of the two readings of the same values).
+    """
+    rows, _ = values.shape
+    if values.size <= 2 or rows < 2:
         return "dense"
     flat = values.ravel()
-    if np.unique(flat[:64]).size > 3:
+    if np.unique(flat[:64]).size <= 3:
+        nonzero = flat[flat != 0]
+        pos, neg = nonzero[nonzero > 0], nonzero[nonzero < 0]
+        if pos.size and neg.size and pos.min() == pos.max() and neg.min() == neg.max():
+            if nonzero.size == flat.size and pos[0] == -neg[0]:
+                return "binary"
+            return "ternary"
+    magnitude = np.abs(values)
+    if np.unique(magnitude[:, 0]).size > 2:       # quick reject of float kernels
         return "dense"
-    nonzero = flat[flat != 0]
-    pos, neg = nonzero[nonzero > 0], nonzero[nonzero < 0]
-    if pos.size == 0 or neg.size == 0:
-        return "dense"
-    if pos.min() != pos.max() or neg.min() != neg.max():
-        return "dense"
-    if nnz == flat.size and pos[0] == -neg[0]:
+    largest = magnitude.max(axis=0)
+    smallest = np.where(magnitude > 0, magnitude, np.inf).min(axis=0)
+    nnz_c = np.count_nonzero(values, axis=0)
+    # Both signs somewhere: a constant (all-ones) float init is not binary.
+    if (np.all(largest > 0) and np.all(largest == smallest) and nnz_c.max() >= 2
+            and values.min() < 0 < values.max()):
         return "binary"
-    return "ternary"
+    return "dense"
 
 
 def _per_channel(bits, channels: int, where: str) -> np.ndarray:
@@ -206,47 +226,65 @@ def kernel_row(ctx, kind, view, channels, spatial, *, suffix="", shape=None,
     """The row of a kernel op: `channels` outputs, each at `spatial` positions.
 
     `view.values` reshaped to (-1, channels) holds each output channel's
-    weights in a column. `bias` (a WeightView) or `add_bias` (a BatchNorm
-    folded into a bias-less layer) adds one value per channel and one add per
-    output element.
+    weights in a column. Storage is the cheaper of the dense and sparse
+    encodings (`mntk.cost.storage`); the multiplies are the stored values'
+    (all of them when dense, the nonzeros when sparse). `bias` (a WeightView)
+    or `add_bias` (a BatchNorm folded into a bias-less layer) adds one dense
+    value per channel and one add per output element.
+
+    Sign kernels: ternary (TTQ) counts 2 scale mults per output and
+    (nnz_c - 1) adds; binary counts each +-1 product at the input's bits (the
+    1/32 rate only when the input itself is 1-bit: a +-1 times a b-bit
+    two's-complement value is a b-bit op) plus one scale mult per output.
     """
     where = f"layer {ctx.layer_name!r}"
     values = view.values.reshape(-1, channels)
-    nnz_c = np.count_nonzero(values, axis=0).astype(np.int64)
-    nnz = int(nnz_c.sum())
     size = int(values.size)
-    mask_bits = float(size) if nnz < size else 0.0
-    scheme = _kernel_scheme(values, nnz)
-    in_bits = ctx.input_bits if input_bits is None else input_bits
-    add_counts = int(np.maximum(nnz_c - 1, 0).sum()) * spatial
-    mult_terms, add_terms = [], [(add_counts, ctx.accumulator_bits)] if add_counts else []
+    nnz_total = int(np.count_nonzero(values))
+    scheme = _sign_scheme(values) if nnz_total else "dense"
+    in_bits = list(ctx.input_bits if input_bits is None else input_bits)
     param_bits = float(view.quantizer_param_bits)
+    profile = getattr(ctx, "profile", None)
+    force = "sparse" if profile is not None and profile.storage == "sparse" else None
     if scheme != "dense" and ctx.freebie:
         raise ValueError(
             f"freebie=True refused: {where} has a {scheme} kernel (below 16 bits); "
             "the MicroNet freebie is for unquantized models only. Use freebie=False.")
-    if scheme == "ternary":
-        bits = 1.0
-        param_bits += nnz + mask_bits + (64.0 if view.bits is None else 0.0)
-        live = int(np.count_nonzero(nnz_c))
-        mult_terms.append((2 * live * spatial, ctx.mult_bits(32.0)))
-    elif scheme == "binary":
-        bits = 1.0
-        param_bits += size + (32.0 if view.bits is None else 0.0)
-        mult_terms.append((nnz * spatial, 1.0))
+    mult_terms = []
+    if scheme in ("ternary", "binary"):
+        bits_c = np.ones(channels)
+        # A sign kernel with zeros needs 3 levels: dense would take 2 bits a
+        # value, never less than 1 sign bit per nonzero + the mask.
+        store = tensor_storage(values, bits_c,
+                               force="sparse" if nnz_total < size else force)
+        param_bits += store.param_bits
+        if scheme == "ternary":
+            if view.bits is None:
+                param_bits += 64.0                       # Wp, Wn at 32 bits
+            live = int(np.count_nonzero(store.stored))
+            mult_terms.append((2 * live * spatial, ctx.mult_bits(32.0)))
+        else:
+            if view.bits is None:                        # a raw +-a float kernel
+                scales = np.unique(np.abs(values).max(axis=0)).size
+                param_bits += 32.0 * (1 if scales == 1 else channels)
+            mult_terms.append((int(store.stored.sum()) * spatial,
+                               float(max(in_bits)) if in_bits else 32.0))
+            mult_terms.append((channels * spatial, ctx.mult_bits(32.0)))
     else:
         bits_c = (np.full(channels, ctx.float_bits) if view.bits is None
                   else _per_channel(view.bits, channels, where))
         if view.bits is not None and ctx.freebie and bits_c.min() < 16:
             raise ValueError(f"freebie=True refused: {where} is quantized to "
                              f"{bits_c.min():g} bits (< 16). Use freebie=False.")
-        bits = float(np.mean(bits_c))
-        param_bits += float(np.dot(nnz_c, bits_c)) + mask_bits
+        store = tensor_storage(values, bits_c, getattr(view, "block_shape", None), force)
+        param_bits += store.param_bits
         by_bits: Dict[float, int] = {}
-        for count, b in zip(nnz_c.tolist(), bits_c.tolist()):
+        for count, b in zip(store.stored.tolist(), bits_c.tolist()):
             key = ctx.mult_bits(b, *in_bits)
             by_bits[key] = by_bits.get(key, 0) + count * spatial
         mult_terms.extend((count, b) for b, count in sorted(by_bits.items()) if count)
+    add_counts = int(np.maximum(store.stored - 1, 0).sum()) * spatial
+    add_terms = [(add_counts, ctx.accumulator_bits)] if add_counts else []
     if bias is not None or add_bias:
         bias_bits = ctx.float_bits
         if bias is not None:
@@ -259,9 +297,12 @@ def kernel_row(ctx, kind, view, channels, spatial, *, suffix="", shape=None,
         kind += "+bn"
     if scheme != "dense":
         kind += ":" + scheme
-    return ctx.row(kind, suffix=suffix, shape=shape, bits=bits,
-                   sparsity=1.0 - nnz / size, param_bits=param_bits,
-                   mult_terms=mult_terms, add_terms=add_terms)
+    return ctx.row(kind, suffix=suffix, shape=shape, bits=float(np.mean(bits_c)),
+                   sparsity=1.0 - nnz_total / size, param_bits=param_bits,
+                   mult_terms=mult_terms, add_terms=add_terms,
+                   encoding=store.encoding, channel_bits=bits_c,
+                   channel_values=store.stored, spatial=int(spatial),
+                   input_bits=float(max(in_bits)) if in_bits else 32.0)
 
 
 def free_rule(layer, ctx):

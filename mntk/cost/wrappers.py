@@ -36,12 +36,15 @@ class WeightView:
     quantizer_reports_params: True when the quantizer said itself how many
       values it stores (`cost_params`), so a ternary kernel's two scales are
       already in `quantizer_param_bits`.
+    block_shape: the (rows, cols) blocks of tfmot block sparsity, whose
+      sparse encoding stores one mask bit per block.
     """
     name: str
     values: np.ndarray
     bits: Optional[object] = None
     quantizer_param_bits: float = 0.0
     quantizer_reports_params: bool = False
+    block_shape: Optional[tuple] = None   # tfmot block sparsity (2-D kernels)
 
 
 @dataclasses.dataclass
@@ -115,6 +118,9 @@ def unwrap(layer) -> Unwrapped:
             if view is None:
                 continue
             view.values = view.values * _numpy(mask)
+            block = tuple(int(d) for d in getattr(layer, "block_size", (1, 1)))
+            if block != (1, 1):
+                view.block_shape = block
         return inner
     if "QuantizeWrapper" in names:
         inner = unwrap(layer.layer)
