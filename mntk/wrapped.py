@@ -14,51 +14,79 @@ tfmot (tensorflow-model-optimization 0.8.1) wraps layers two ways:
 
 These attributes are private to tfmot, so every other mntk module goes through
 this one: if tfmot renames them, this is the file to change. Wrappers are
-detected one way, ``isinstance`` against tfmot's classes.
+detected one way, ``isinstance`` against tfmot's classes, looked up only once
+tfmot is imported, so reading a plain model does not import tfmot.
 """
 import dataclasses
+import importlib
+import sys
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_layer as _quantize_layer, quantize_wrapper as _quantize_wrapper,
-    quantizers as _quantizers)
-from tensorflow_model_optimization.python.core.sparsity.keras import (
-    pruning_wrapper as _pruning_wrapper)
 
 from mntk.compat import keras
 
 __all__ = [
-    "PruneLowMagnitude", "QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer",
     "is_prune_wrapper", "is_quantize_wrapper", "is_quantize_layer", "is_wrapper",
     "unwrap", "iter_layers", "is_pruned", "is_quantized", "prune_wrappers",
     "quantize_wrappers", "WeightQuantizer", "ActivationQuantizer",
     "weight_quantizers", "activation_quantizers", "output_quantizers",
-    "input_quantizer", "all_quantizers", "is_no_quantizer", "latent_weights", "latent_variables",
-    "masks", "effective_weights", "effective_kernel", "quantizer_bits",
-    "short_name", "KERNEL_NAMES",
+    "input_quantizer", "all_quantizers", "is_no_quantizer", "latent_weights",
+    "latent_variables", "masks", "effective_weights", "effective_kernel",
+    "quantizer_bits", "short_name", "KERNEL_NAMES",
 ]
 
-PruneLowMagnitude = _pruning_wrapper.PruneLowMagnitude
-QuantizeWrapper = _quantize_wrapper.QuantizeWrapper          # V2 subclasses it
-QuantizeWrapperV2 = _quantize_wrapper.QuantizeWrapperV2
-QuantizeLayer = _quantize_layer.QuantizeLayer
-_NoQuantizer = _quantizers.NoQuantizer
+_TFMOT = "tensorflow_model_optimization.python.core."
+#: The tfmot classes this module knows, by the module that defines them.
+#: ``mntk.wrapped.PruneLowMagnitude`` etc. import tfmot on first access.
+_CLASSES = {
+    "PruneLowMagnitude": _TFMOT + "sparsity.keras.pruning_wrapper",
+    "QuantizeWrapper": _TFMOT + "quantization.keras.quantize_wrapper",  # V2 subclasses it
+    "QuantizeWrapperV2": _TFMOT + "quantization.keras.quantize_wrapper",
+    "QuantizeLayer": _TFMOT + "quantization.keras.quantize_layer",
+    "NoQuantizer": _TFMOT + "quantization.keras.quantizers",
+}
+
+
+def _loaded(name):
+    """tfmot's class ``name``, or None while its module is not imported.
+
+    No object can be an instance of a class that was never loaded, so looking
+    for wrappers does not import tfmot (about as slow to import as TensorFlow);
+    a model holding them has imported it already.
+    """
+    module = sys.modules.get(_CLASSES[name])
+    return getattr(module, name, None)
+
+
+def _isinstance(obj, name) -> bool:
+    cls = _loaded(name)
+    return cls is not None and isinstance(obj, cls)
+
+
+def __getattr__(name):
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module 'mntk.wrapped' has no attribute {name!r}")
+
 
 #: Kernel variable names, in the order ``effective_kernel`` looks for them.
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 def is_prune_wrapper(layer) -> bool:
-    return isinstance(layer, PruneLowMagnitude)
+    """True for tfmot's ``PruneLowMagnitude``."""
+    return _isinstance(layer, "PruneLowMagnitude")
 
 
 def is_quantize_wrapper(layer) -> bool:
-    return isinstance(layer, QuantizeWrapper)
+    """True for tfmot's ``QuantizeWrapper`` / ``QuantizeWrapperV2``."""
+    return _isinstance(layer, "QuantizeWrapper")
 
 
 def is_quantize_layer(layer) -> bool:
-    return isinstance(layer, QuantizeLayer)
+    """True for tfmot's ``QuantizeLayer`` (fake-quantizes a model input)."""
+    return _isinstance(layer, "QuantizeLayer")
 
 
 def is_wrapper(layer) -> bool:
@@ -104,7 +132,7 @@ def is_quantized(model) -> bool:
 
 def is_no_quantizer(quantizer) -> bool:
     """True for a missing quantizer or tfmot's ``NoQuantizer`` (leaves values float)."""
-    return quantizer is None or isinstance(quantizer, _NoQuantizer)
+    return quantizer is None or _isinstance(quantizer, "NoQuantizer")
 
 
 def short_name(variable) -> str:

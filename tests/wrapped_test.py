@@ -120,6 +120,15 @@ def test_nested_models_are_searched():
         "conv", "flat", "dense"]
 
 
+def test_tfmot_classes_are_the_ones_detected():
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+    assert wrapped.PruneLowMagnitude is pruning_wrapper.PruneLowMagnitude
+    assert wrapped.QuantizeWrapperV2 is tfmot.quantization.keras.QuantizeWrapperV2
+    assert issubclass(wrapped.QuantizeWrapperV2, wrapped.QuantizeWrapper)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        wrapped.Nope
+
+
 def test_errors_name_the_layer():
     dense = _model().get_layer("dense")
     with pytest.raises(TypeError, match="'dense'.*not a tfmot QuantizeWrapper"):
