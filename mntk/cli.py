@@ -18,8 +18,8 @@ from mntk import compat  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 SUBCOMMANDS = {}

@@ -11,7 +11,7 @@ import os
 # TensorFlow and tfmot resolves to tf_keras as well.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import tf_keras as keras  # noqa: E402
+import tf_keras as keras
 
 __all__ = ["keras", "ensure_tf_keras", "is_keras3_object"]
 

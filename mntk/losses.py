@@ -13,7 +13,7 @@ from mntk.compat import ensure_tf_keras, keras
 from mntk.orthogonality import layer_kernels, unwrap_layer
 
 __all__ = ["AdaptiveLabelSmoothing", "AdaptiveSmoothingRefresh", "ConfidenceWeighted",
-           "CostTarget", "Distillation",
+           "CostTarget", "Distillation",  # noqa: F822  (lazy, see __getattr__)
            "class_similarity"]
 
 REFRESH_MODES = ("epoch", "step")

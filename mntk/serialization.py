@@ -30,7 +30,7 @@ def custom_objects():
     return objects
 
 
-def load_model(path, custom_objects=None, compile=True, **kwargs):  # noqa: A002
+def load_model(path, custom_objects=None, compile=True, **kwargs):
     """Load a Keras model that may hold QAT wrappers, pruning wrappers or mntk parts.
 
     Args:

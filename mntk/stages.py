@@ -13,7 +13,6 @@ from typing import Any, Dict
 
 import numpy as np
 
-from mntk.train import RecipeError
 from mntk import fitting
 
 

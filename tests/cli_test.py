@@ -53,5 +53,5 @@ def test_config_override_reaches_the_model():
     wide = json.loads(mntk("cost", "--config=recipes/digits.py", "--json").stdout)
     narrow = json.loads(mntk("cost", "--config=recipes/digits.py", "--json",
                              "--config.model.kwargs.width=8").stdout)
-    count = lambda r: sum(row["param_bits"] for row in r["layers"]) / 32
+    count = lambda r: sum(row["param_bits"] for row in r["layers"]) / 32  # noqa: E731
     assert count(narrow) < 0.5 * count(wide)

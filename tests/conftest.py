@@ -4,11 +4,10 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import pytest
+import tensorflow as tf
 
-from mntk.compat import keras  # noqa: E402
+from mntk.compat import keras
 
 # Two logical CPU devices, so MirroredStrategy tests get two replicas. This has
 # to happen before TensorFlow initializes its devices, i.e. at collection time.

@@ -221,7 +221,7 @@ def test_two_input_model_round_trip(digits, tmp_path):
 def test_lazy_reexports_resolve_or_raise():
     assert {"to_tflite_staged", "StagedRunner", "size_report"} <= set(dir(export))
     with pytest.raises(AttributeError, match="no_such_name"):
-        export.no_such_name  # noqa: B018
+        export.no_such_name
 
 
 def test_agreement_against_another_model_matches_numpy(trained, digits, tmp_path):

@@ -7,7 +7,6 @@ TTQ code's training log (``Total param=269760`` for ResNet-20).
 """
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import mntk
 import mntk.models as mm

@@ -9,7 +9,6 @@ objects against values recomputed here from the JSON/CSV files.
 import base64
 import csv
 import json
-import math
 import os
 import re
 import shutil

@@ -107,7 +107,7 @@ def _propagate_shapes(model, calls, input_shape) -> Dict[int, tuple]:
         arg = in_shapes[0] if len(in_shapes) == 1 else in_shapes
         try:
             out = layer.compute_output_shape(arg)
-        except Exception as error:  # noqa: BLE001  (re-raised with the layer named)
+        except Exception as error:  # re-raised with the layer named
             raise ValueError(
                 f"mntk.cost could not infer the output shape of layer {layer.name!r} "
                 f"({type(layer).__name__}) from input shape {arg}: {error}") from error

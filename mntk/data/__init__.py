@@ -18,7 +18,7 @@ from mntk.data.tfds_pipelines import SPECS as TFDS_SPECS, load_tfds
 
 __all__ = ["load", "names", "digits", "digits_arrays", "cifar10", "cifar100",
            "imagenet2012", "mix_batches", "mixup_batch", "cutmix_batch",
-           "check_compatible", "DataError", "LoadedData", "SPLITS"]
+           "check_compatible", "DataError", "LoadedData", "SPLITS", "TFDS_SPECS"]
 
 
 def cifar10(batch_size: int = 128, **kwargs) -> LoadedData:

@@ -26,7 +26,7 @@ def float_ops(flatbuffer, model):
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     found = []
-    for op in interpreter._get_ops_details():  # noqa: SLF001  (no public op list)
+    for op in interpreter._get_ops_details():  # private: LiteRT has no public op list
         if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
             continue
         indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]

@@ -131,7 +131,6 @@ class StagedRunner(ExitStatistics):
     """
 
     def __init__(self, directory, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
         from mntk.early_exit.calibrate import to_score
         from mntk.early_exit.runner import resolve_thresholds
 

@@ -30,7 +30,6 @@ tensors' scale and zero point to convert (``verify`` does this for you).
 """
 import dataclasses
 import os
-import re
 import sys
 import time
 
@@ -313,7 +312,7 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
                                    if quantize == "int8" and not qat else ""))
     try:
         flatbuffer = converter.convert()
-    except Exception as e:  # noqa: BLE001  (ConverterError has no public base)
+    except Exception as e:  # ConverterError has no public base class
         if type(e).__name__ != "ConverterError":
             raise
         lines = describe_converter_error(e, model)

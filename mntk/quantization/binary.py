@@ -9,7 +9,6 @@ Export: per-channel int8 with scale ``alpha_c / 127``, so each channel holds
 exactly the two integers {-127, +127} (and 0 where a pruned weight was 0).
 """
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
 from mntk.compat import keras
 from mntk.quantization import _grid

@@ -21,7 +21,6 @@ the b-bit range [lo', lo' + (2^b - 1) s]: TFLite and Keras then agree.
 """
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
 from mntk.compat import keras
 from mntk.quantization import _grid

@@ -15,7 +15,6 @@ integers {-round(Wn/s), 0, +round(Wp/s)}.
 """
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
 from mntk.compat import keras
 from mntk.quantization import _grid
