@@ -12,7 +12,8 @@ import tensorflow as tf
 from mntk.compat import keras
 from mntk.losses import AdaptiveSmoothingRefresh
 
-__all__ = ["CoefficientSchedule", "AdaptiveSmoothingRefresh", "SCHEDULE_PRESETS"]
+__all__ = ["CoefficientSchedule", "AdaptiveSmoothingRefresh", "SCHEDULE_PRESETS",
+           "StochasticWeightAveraging", "recompute_batch_norm"]
 
 # SRIP paper (Bansal et al. 2018, arXiv 1810.09102), 200 epochs: 0.1 -> 1e-3
 # (epoch 20) -> 1e-4 (50) -> 1e-6 (70) -> 0 (120). The reference code multiplies
@@ -138,6 +139,195 @@ class CoefficientSchedule(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config, target=None):
         return cls(target=target, **config)
+
+
+# --- Stochastic weight averaging ------------------------------------------------
+
+def _batch_norm_layers(model):
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
+def recompute_batch_norm(model, data, steps=None):
+    """Set every trainable BatchNormalization's moving mean and variance to the
+    plain average, over the batches of ``data``, of the statistics the layer
+    itself would write for each batch (its momentum set to 0 for the pass;
+    Izmailov et al. 2018 recompute them after averaging, since the averaged
+    weights' activations have other statistics). ``data``: a dataset of ``x`` or
+    ``(x, y[, w])``, or an array of inputs (batched by 128). Returns the number
+    of batches used."""
+    layers = _batch_norm_layers(model)
+    if not layers:
+        return 0
+    if not isinstance(data, tf.data.Dataset):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(128)
+    if steps is not None:
+        data = data.take(int(steps))
+    saved = [layer.momentum for layer in layers]
+    sums = [[tf.zeros_like(layer.moving_mean), tf.zeros_like(layer.moving_variance)]
+            for layer in layers]
+    count = 0
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # each batch overwrites: moving = this batch's statistic
+        forward = tf.function(lambda x: model(x, training=True))  # traced with momentum 0
+        for element in data:
+            x = element[0] if isinstance(element, (tuple, list)) else element
+            forward(x)
+            for acc, layer in zip(sums, layers):
+                acc[0] += layer.moving_mean
+                acc[1] += layer.moving_variance
+            count += 1
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+    if count == 0:
+        raise ValueError(f"recompute_batch_norm: the data for model {model.name!r} "
+                         "gave no batch.")
+    for acc, layer in zip(sums, layers):
+        layer.moving_mean.assign(acc[0] / count)
+        layer.moving_variance.assign(acc[1] / count)
+    return count
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class StochasticWeightAveraging(keras.callbacks.Callback):
+    """Stochastic weight averaging (Izmailov et al., UAI 2018, arXiv 1803.05407).
+
+    After n completed training steps, counted from epoch 0 of the run as
+    ``n = epoch * steps_per_epoch + batch + 1``, the weights are averaged at
+    every n with ``n >= S`` and ``(n - S) % P == 0``, where ``S = round(start *
+    steps_per_epoch)`` and ``P = round(period * steps_per_epoch)``:
+
+        w_swa <- w_swa + (w - w_swa) / (k + 1)     (k averages so far)
+
+    so w_swa is the plain mean of the weights at those points. At the end of
+    training the average replaces the weights and the BatchNorm statistics are
+    recomputed with one pass over ``bn_data`` (``recompute_batch_norm``).
+    ``start`` and ``period`` are in epochs and may be fractions: Texas-EIC's
+    fine-tune averaged from 0.2 of the epoch on, every 0.1 epoch.
+
+    Args:
+      start: epochs of training before the first averaged point.
+      period: epochs between averaged points.
+      steps_per_epoch: default: the ``steps`` ``model.fit`` reports.
+      weights: "trainable" (default; BN statistics are recomputed instead) or
+        "all" (every model weight, BN statistics included).
+      bn_data: data for the BatchNorm pass (see ``recompute_batch_norm``);
+        required when the model has trainable BatchNorm layers, unless
+        ``recompute_bn=False``.
+      bn_steps: batches of ``bn_data`` to use (default: all).
+      swap_at_end: put the average into the model when training ends
+        (otherwise call ``swap()``).
+
+    State (``variables``: the running average and the count) is in
+    ``tf.Variable``s, so a resumed run continues the same average.
+    """
+
+    def __init__(self, start=0.0, period=1.0, steps_per_epoch=None, weights="trainable",
+                 bn_data=None, bn_steps=None, recompute_bn=True, swap_at_end=True,
+                 model=None):
+        super().__init__()
+        if float(start) < 0 or float(period) <= 0:
+            raise ValueError(f"StochasticWeightAveraging: start={start!r} must be >= 0 and "
+                             f"period={period!r} > 0 (both in epochs).")
+        if weights not in ("trainable", "all"):
+            raise ValueError(f"StochasticWeightAveraging: weights={weights!r}; use "
+                             "'trainable' or 'all'.")
+        self.start, self.period = float(start), float(period)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        self.weights = weights
+        self.bn_data, self.bn_steps = bn_data, bn_steps
+        self.recompute_bn, self.swap_at_end = bool(recompute_bn), bool(swap_at_end)
+        self._built_for = None
+        if model is not None:
+            self.set_model(model)
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self._built_for is model:
+            return
+        if self._built_for is not None:
+            raise ValueError(f"StochasticWeightAveraging was built for model "
+                             f"{self._built_for.name!r}; make a new one for {model.name!r}.")
+        self._built_for = model
+        self._targets = list(model.trainable_weights if self.weights == "trainable"
+                             else model.weights)
+        with model.distribute_strategy.scope():
+            self.average = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                        name=f"swa_{i}") for i, v in enumerate(self._targets)]
+            self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="swa_count")
+        self._update_fn = tf.function(self._update)
+
+    @property
+    def variables(self):
+        return list(self.average) + [self.count]
+
+    def _update(self):
+        k = tf.cast(self.count, tf.float32)
+        for average, variable in zip(self.average, self._targets):
+            average.assign_add((tf.cast(variable, average.dtype) - average)
+                               / tf.cast(k + 1.0, average.dtype))
+        self.count.assign_add(1)
+
+    def _schedule(self):
+        steps = self.steps_per_epoch or (self.params or {}).get("steps")
+        if not steps:
+            raise ValueError("StochasticWeightAveraging: steps per epoch unknown (the data "
+                             "has no length); pass steps_per_epoch=.")
+        first, every = round(self.start * steps), max(1, round(self.period * steps))
+        return int(steps), int(first), int(every)
+
+    def on_train_begin(self, logs=None):
+        self._steps, self._first, self._every = self._schedule()
+        if self.recompute_bn and self.bn_data is None and _batch_norm_layers(self.model):
+            raise ValueError(
+                f"StochasticWeightAveraging: model {self.model.name!r} has BatchNorm layers "
+                "whose statistics must be recomputed for the averaged weights; pass "
+                "bn_data= (e.g. the training data) or recompute_bn=False.")
+        self._last = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = int(epoch)
+
+    def _points(self, n):
+        """Averaging points among the first n steps."""
+        return 0 if n < self._first else (n - self._first) // self._every + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        n = self._epoch * self._steps + int(batch) + 1
+        # with steps_per_execution > 1 batches arrive in strides: average once
+        # when a point was passed since the last call
+        last = n - 1 if self._last is None else self._last
+        self._last = n
+        if self._points(n) > self._points(last):
+            self._update_fn()
+
+    def swap(self):
+        """Load the average into the model and recompute the BN statistics."""
+        if int(self.count.numpy()) == 0:
+            raise ValueError(
+                f"StochasticWeightAveraging: no weights were averaged (start={self.start}, "
+                f"period={self.period} epochs); start averaging earlier or train longer.")
+        for variable, average in zip(self._targets, self.average):
+            variable.assign(tf.cast(average, variable.dtype))
+        if self.recompute_bn and self.bn_data is not None:
+            recompute_batch_norm(self.model, self.bn_data, self.bn_steps)
+
+    def on_train_end(self, logs=None):
+        if self.swap_at_end:
+            self.swap()
+
+    def get_config(self):
+        """Settings without the model or ``bn_data`` (pass them to ``from_config``)."""
+        return {"start": self.start, "period": self.period,
+                "steps_per_epoch": self.steps_per_epoch, "weights": self.weights,
+                "bn_steps": self.bn_steps, "recompute_bn": self.recompute_bn,
+                "swap_at_end": self.swap_at_end}
+
+    @classmethod
+    def from_config(cls, config, model=None, bn_data=None):
+        return cls(model=model, bn_data=bn_data, **config)
 
 
 # Callbacks that live with their concept, reachable here too (imported lazily
