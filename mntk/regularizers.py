@@ -205,8 +205,20 @@ def _select(model, layers):
     return chosen
 
 
+GRAMS = ("smaller", "fan_in", "fan_out")
+VECTORS = ("persistent", "fresh")
+
+
+def _entry_gram(w, gram):
+    """G - I on the chosen side of W (rows = fan-in k*k*cin, columns = filters)."""
+    if gram == "smaller":
+        return gram_residual(w)
+    return gram_residual(w, smaller=False, transpose=gram == "fan_in")
+
+
 def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
-               squared=False, reduction="sum", name="srip"):
+               squared=False, reduction="sum", name="srip", gram="smaller",
+               vector="persistent"):
     """Attach SRIP to the kernels of a built model, without rebuilding it.
 
     Adds `coefficient * sum_l sigma_l` (or the mean over layers with
@@ -227,6 +239,18 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
       power_iterations, squared: see `SRIP`.
       reduction: "sum" (paper) or "mean" over the selected kernels.
       name: the metric's name in the logs.
+      gram: which Gram matrix's residual G - I gets the spectral norm, with W
+        of shape (k*k*cin, cout): "smaller" (the smaller of W^T W and W W^T,
+        the paper's advice), "fan_in" (W W^T, (k*k*cin)^2: KAIST's W^T W of
+        the torch (out, in) view, Regularization/orthogonal_weight.py:101-129,
+        whatever the shape) or "fan_out" (W^T W, cout^2).
+      vector: "persistent" (the power-iteration vector carries over between
+        steps) or "fresh" (a new N(0, 1) start every step, as KAIST did; with
+        power_iterations=2 that is their one power step: sigma =
+        ||M normalize(M u0)||).
+
+    KAIST's form: ``apply_srip(model, 0.7, "pointwise", power_iterations=2,
+    squared=True, reduction="mean", gram="fan_in", vector="fresh")``.
 
     Returns:
       The `SRIP` regularizer; hand it (or its `.coefficient`) to
@@ -239,6 +263,10 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
             "build it with an input shape first.")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"apply_srip: reduction={reduction!r} must be 'sum' or 'mean'.")
+    if gram not in GRAMS:
+        raise ValueError(f"apply_srip: gram={gram!r} must be one of {GRAMS}.")
+    if vector not in VECTORS:
+        raise ValueError(f"apply_srip: vector={vector!r} must be one of {VECTORS}.")
     targets = _select(model, layers)
     if not targets:
         present = sorted({f"{type(unwrap_layer(l)).__name__}" for l in _iter_layers(model)})
@@ -253,12 +281,30 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
     with model.distribute_strategy.scope():
         regularizer = SRIP(coefficient, power_iterations, squared)
         for _, kernel, layout in targets:
-            regularizer.vector_for(kernel, layout)
+            if gram != "smaller" and vector == "persistent":
+                _seed_vector(regularizer, kernel, layout, gram)
+            if vector == "persistent":
+                regularizer.vector_for(kernel, layout)
         metric = keras.metrics.Mean(name=name)
     regularizer.layer_names = [layer_name for layer_name, _, _ in targets]
+    regularizer.gram, regularizer.vector_mode = gram, vector
+
+    def penalty(kernel, layout):
+        if gram == "smaller" and vector == "persistent":
+            return regularizer.penalty(kernel, layout)
+        residual = _entry_gram(kernel_matrix(kernel, layout), gram)
+        if vector == "fresh":
+            start = tf.random.normal([residual.shape[-1]])
+            return spectral_norm_estimate(residual, power_iterations, vector=start,
+                                          squared=squared)[0]
+        state = regularizer.vector_for(kernel, layout)
+        estimate, next_vector = spectral_norm_estimate(
+            residual, power_iterations, vector=state, squared=squared)
+        with tf.control_dependencies([state.assign(next_vector)]):
+            return tf.identity(estimate)
 
     def srip_loss():
-        values = [regularizer.penalty(kernel, layout) for _, kernel, layout in targets]
+        values = [penalty(kernel, layout) for _, kernel, layout in targets]
         total = tf.add_n(values)
         if reduction == "mean":
             total = total / float(len(values))
@@ -272,6 +318,19 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
         model._metrics.append(metric)
     _ATTACHED.setdefault(model, []).append(regularizer)
     return regularizer
+
+
+def _seed_vector(regularizer, kernel, layout, gram):
+    """Create the persistent vector of `kernel` sized for the `gram` side (the
+    SRIP class sizes it for the smaller side); it joins `regularizer.variables`."""
+    size = _entry_gram(kernel_matrix(kernel, layout), gram).shape[-1]
+    with regularizer._lock, tf.init_scope():
+        start = tf.math.l2_normalize(
+            tf.random.stateless_normal([size], seed=[size, len(regularizer._vectors)]))
+        state = tf.Variable(start, trainable=False, name="srip_vector",
+                            synchronization=tf.VariableSynchronization.ON_READ,
+                            aggregation=tf.VariableAggregation.MEAN)
+        regularizer._vectors[id(kernel)] = (kernel, state)
 
 
 def orthogonality_regularizers(model):

@@ -10,6 +10,7 @@ import pytest
 
 import mntk
 import mntk.models as mm
+from mntk.global_pruning import global_masks
 from mntk.compat import keras
 
 # --------------------------------------------------------------------------
@@ -287,20 +288,10 @@ def _prunable(model):
                               keras.layers.Dense))]
 
 
-def _global_masks(arrays, rate, normalize=None):
-    try:
-        from mntk.global_pruning import global_masks
-    except ImportError:   # stand-in until mntk.global_pruning lands
-        scores = [np.abs(a) / (np.linalg.norm(a) if normalize else 1.0) for a in arrays]
-        t = np.percentile(np.concatenate([s.ravel() for s in scores]), 100 * rate)
-        return [s > t for s in scores]
-    return global_masks(arrays, rate, normalize=normalize)
-
-
 def _prune_globally(model, rate, normalize=None):
     layers = _prunable(model)
     arrays = [_kernel(l).numpy() for l in layers]
-    for layer, a, m in zip(layers, arrays, _global_masks(arrays, rate, normalize)):
+    for layer, a, m in zip(layers, arrays, global_masks(arrays, rate, normalize)):
         _kernel(layer).assign(a * m)
 
 
