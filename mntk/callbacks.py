@@ -15,12 +15,17 @@ from mntk.losses import AdaptiveSmoothingRefresh
 __all__ = ["CoefficientSchedule", "AdaptiveSmoothingRefresh", "SCHEDULE_PRESETS",
            "StochasticWeightAveraging", "recompute_batch_norm"]
 
-# SRIP paper (Bansal et al. 2018, arXiv 1810.09102), 200 epochs: 0.1 -> 1e-3
-# (epoch 20) -> 1e-4 (50) -> 1e-6 (70) -> 0 (120). The reference code multiplies
-# a base coefficient (1e-2) by these factors, so the preset is relative.
+# SRIP (Bansal et al. 2018, arXiv 1810.09102), 200 epochs. The reference code
+# multiplies a base coefficient lambda0 (1e-2) by 1 before epoch 20, then
+# 1e-3, 1e-4, 1e-6, 0 from epochs 20, 50, 70, 120: "srip_paper" is those
+# factors (relative to the base). The paper's text states absolute values
+# 0.1 -> 1e-3 (20) -> 1e-4 (50) -> 1e-6 (70) -> 0 (120): "srip_paper_absolute".
 SCHEDULE_PRESETS = {
-    "srip_paper": {0: 0.1, 20: 1e-3, 50: 1e-4, 70: 1e-6, 120: 0.0},
+    "srip_paper": {0: 1.0, 20: 1e-3, 50: 1e-4, 70: 1e-6, 120: 0.0},
+    "srip_paper_absolute": {0: 0.1, 20: 1e-3, 50: 1e-4, 70: 1e-6, 120: 0.0},
 }
+# Presets whose values are the coefficient itself, not factors of the base.
+ABSOLUTE_PRESETS = frozenset({"srip_paper_absolute"})
 
 
 def _coefficient_variable(target):
@@ -38,8 +43,10 @@ class CoefficientSchedule(keras.callbacks.Callback):
 
     value(epoch) = s(epoch), or base * s(epoch) when `relative`, where s is
 
-    - a preset name ("srip_paper": factors 0.1 @0, 1e-3 @20, 1e-4 @50,
-      1e-6 @70, 0 @120; relative by default, as in the SRIP reference code);
+    - a preset name: "srip_paper", the SRIP reference code's factors 1 @0,
+      1e-3 @20, 1e-4 @50, 1e-6 @70, 0 @120 of the base (relative); or
+      "srip_paper_absolute", the paper's stated values 0.1 @0, 1e-3 @20,
+      1e-4 @50, 1e-6 @70, 0 @120 (absolute);
     - a dict {first_epoch: value}: piecewise constant, each value holding from
       its epoch (0-based) until the next key; before the first key the
       coefficient keeps its base value;
@@ -52,7 +59,8 @@ class CoefficientSchedule(keras.callbacks.Callback):
         regularizer of the trained model (`mntk.regularizers.orthogonality_regularizers`).
       base: the value relative schedules multiply; default each target's value
         when training first starts.
-      relative: multiply by base (default: True for presets, False otherwise).
+      relative: multiply by base (default: True for relative presets, False
+        for absolute presets and dicts).
       log_as: if set, the value is written to the epoch logs under this name
         (History, CSVLogger, TensorBoard).
     """
@@ -65,7 +73,8 @@ class CoefficientSchedule(keras.callbacks.Callback):
                 raise ValueError(
                     f"CoefficientSchedule: unknown preset {schedule!r}; presets: "
                     f"{sorted(SCHEDULE_PRESETS)}, or pass a dict {{epoch: value}} or a callable.")
-            relative = True if relative is None else relative
+            if relative is None:
+                relative = schedule not in ABSOLUTE_PRESETS
         elif isinstance(schedule, dict):
             if not schedule or any(int(k) < 0 for k in schedule):
                 raise ValueError(

@@ -9,8 +9,9 @@ to W with one column per filter (see `mntk.orthogonality`), and
   `squared=True`, as the WRN and KAIST code did);
 - SO:   coefficient * ||W^T W - I||_F^2;
 - DSO:  coefficient * (||W^T W - I||_F^2 + ||W W^T - I||_F^2);
-- MC:   coefficient * max_{i != j} |<w_i, w_j>| / (||w_i|| ||w_j||) (mutual
-  coherence: largest off-diagonal of the column-normalized W^T W).
+- MC:   coefficient * ||W^T W - I||_inf (largest absolute entry, raw W);
+- NormalizedMC: coefficient * max_{i != j} |cos(w_i, w_j)| (scale-invariant
+  mutual coherence of the column-normalized W; not the paper's MC).
 
 Every coefficient is a non-trainable `tf.Variable`, so
 `mntk.callbacks.CoefficientSchedule` can change it between epochs without
@@ -29,7 +30,7 @@ from mntk.orthogonality import (  # noqa: F401  (re-exported helpers)
     spectral_norm_estimate, unwrap_layer)
 
 __all__ = [
-    "SRIP", "SO", "DSO", "MC", "OrthogonalityRegularizer", "apply_srip",
+    "SRIP", "SO", "DSO", "MC", "NormalizedMC", "OrthogonalityRegularizer", "apply_srip",
     "spectral_norm_estimate", "kernel_matrix", "gram_residual",
     "orthogonality_regularizers", "PRESETS",
 ]
@@ -167,7 +168,24 @@ class DSO(OrthogonalityRegularizer):
 
 @keras.utils.register_keras_serializable(package="mntk")
 class MC(OrthogonalityRegularizer):
-    """Mutual coherence: coefficient * max_{i != j} |cos(w_i, w_j)| over the columns of W."""
+    """Mutual-coherence regularizer as in the SRIP paper (Bansal et al. 2018,
+    arXiv 1810.09102, Sec. 3.2): coefficient * ||W^T W - I||_inf, the largest
+    absolute entry of the Gram residual of the raw reshaped kernel W (one
+    column per filter). Not scale-invariant: it also pulls column norms to 1.
+    For the scale-invariant coherence of the normalized columns see
+    `NormalizedMC`."""
+
+    def penalty(self, kernel, layout=None):
+        w = self._matrix(kernel, layout)
+        return tf.reduce_max(tf.abs(gram_residual(w, smaller=False)))
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+class NormalizedMC(OrthogonalityRegularizer):
+    """Column-normalized mutual coherence: coefficient * max_{i != j}
+    |<w_i, w_j>| / (||w_i|| ||w_j||) over the columns of W (the classical
+    coherence of a dictionary). Scale-invariant: it only decorrelates filter
+    directions, unlike the paper's `MC`."""
 
     def penalty(self, kernel, layout=None):
         w = tf.math.l2_normalize(self._matrix(kernel, layout), axis=0)

@@ -19,14 +19,26 @@ def schedule_values(schedule, epochs, start=1e-2, **kwargs):
     return values
 
 
-def test_srip_paper_preset_multiplies_the_base():
-    # Factors 0.1 @0, 1e-3 @20, 1e-4 @50, 1e-6 @70, 0 @120 times the base 1e-2.
+def test_srip_paper_preset_is_the_reference_codes_factors():
+    # The SRIP reference code: lambda0 times 1 (< 20), 1e-3 (20-49), 1e-4
+    # (50-69), 1e-6 (70-119), 0 (120+); here lambda0 = 1e-2.
     epochs = [0, 19, 20, 49, 50, 69, 70, 119, 120, 199]
-    expected = [1e-3, 1e-3, 1e-5, 1e-5, 1e-6, 1e-6, 1e-8, 1e-8, 0.0, 0.0]
-    np.testing.assert_allclose(schedule_values("srip_paper", epochs), expected, rtol=1e-6)
-    # base=1.0 gives the paper's absolute values.
-    np.testing.assert_allclose(schedule_values("srip_paper", [0, 20], base=1.0), [0.1, 1e-3],
+    factors = np.array([1, 1, 1e-3, 1e-3, 1e-4, 1e-4, 1e-6, 1e-6, 0, 0])
+    np.testing.assert_allclose(schedule_values("srip_paper", epochs), 1e-2 * factors,
                                rtol=1e-6)
+    np.testing.assert_allclose(schedule_values("srip_paper", epochs, base=0.7), 0.7 * factors,
+                               rtol=1e-6)
+
+
+def test_srip_paper_absolute_preset_is_the_papers_values():
+    # The paper's text: 0.1 -> 1e-3 at 20 -> 1e-4 at 50 -> 1e-6 at 70 -> 0 at 120,
+    # whatever the coefficient was built with.
+    epochs = [0, 19, 20, 49, 50, 69, 70, 119, 120, 199]
+    expected = [0.1, 0.1, 1e-3, 1e-3, 1e-4, 1e-4, 1e-6, 1e-6, 0.0, 0.0]
+    np.testing.assert_allclose(schedule_values("srip_paper_absolute", epochs, start=5.0),
+                               expected, rtol=1e-6)
+    config = CB.CoefficientSchedule("srip_paper_absolute").get_config()
+    assert config["relative"] is False
 
 
 def test_dict_schedule_is_piecewise_constant_and_keeps_base_before_first_key():
@@ -47,10 +59,10 @@ def test_targets_regularizer_objects_and_lists():
     callback.on_train_begin()
     callback.on_epoch_begin(20)
     np.testing.assert_allclose([a.coefficient.numpy(), b.coefficient.numpy()], [1e-4, 2e-4],
-                               rtol=1e-6)
+                               rtol=1e-6)    # 1e-3 of each base
     callback.on_train_begin()  # a second fit keeps the first bases
     callback.on_epoch_begin(0)
-    np.testing.assert_allclose(a.coefficient.numpy(), 1e-2, rtol=1e-6)
+    np.testing.assert_allclose(a.coefficient.numpy(), 0.1, rtol=1e-6)
 
 
 def model_with_srip():

@@ -85,14 +85,26 @@ def test_so_dso_mc_match_formulas(case):
     w = np_matrix(kernel, case).astype(np.float64)
     so = np.sum((w.T @ w - np.eye(w.shape[1])) ** 2)
     dso = so + np.sum((w @ w.T - np.eye(w.shape[0])) ** 2)
+    # MC (paper): largest |entry| of W^T W - I on the raw W, diagonal included.
+    mc = np.max(np.abs(w.T @ w - np.eye(w.shape[1])))
     normalized = w / np.linalg.norm(w, axis=0, keepdims=True)
     cos = np.abs(normalized.T @ normalized)
-    mc = np.max(cos - np.diag(np.diag(cos)))
-    for cls, expected in ((R.SO, so), (R.DSO, dso), (R.MC, mc)):
+    normalized_mc = np.max(cos - np.diag(np.diag(cos)))
+    for cls, expected in ((R.SO, so), (R.DSO, dso), (R.MC, mc),
+                          (R.NormalizedMC, normalized_mc)):
         np.testing.assert_allclose(float(cls(coefficient=0.5)(kernel)), 0.5 * expected, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls", [R.SRIP, R.SO, R.DSO, R.MC])
+def test_mc_is_not_scale_invariant_and_normalized_mc_is():
+    """The paper's MC also penalizes column norms; NormalizedMC only angles."""
+    q = np.linalg.qr(np.random.RandomState(5).randn(8, 8))[0].astype("float32")
+    np.testing.assert_allclose(float(R.MC(1.0)(tf.constant(q))), 0.0, atol=1e-5)
+    # 2Q: W^T W - I = 3I, so the largest entry is 3 (on the diagonal).
+    np.testing.assert_allclose(float(R.MC(1.0)(tf.constant(2 * q))), 3.0, rtol=1e-5)
+    np.testing.assert_allclose(float(R.NormalizedMC(1.0)(tf.constant(2 * q))), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [R.SRIP, R.SO, R.DSO, R.MC, R.NormalizedMC])
 def test_gradient_flows_to_kernel(cls):
     _, kernel = built_kernel("conv_tall", seed=2)
     with tf.GradientTape() as tape:
@@ -124,7 +136,8 @@ def test_orthogonal_kernel_has_zero_penalty_and_finite_gradient():
 
 
 @pytest.mark.parametrize("reg", [R.SRIP(0.3, power_iterations=3, squared=True), R.SO(0.2),
-                                 R.DSO(0.1, layout="matrix"), R.MC(0.05)])
+                                 R.DSO(0.1, layout="matrix"), R.MC(0.05),
+                                 R.NormalizedMC(0.07)])
 def test_get_config_round_trip(reg):
     config = keras.regularizers.serialize(reg)
     clone = keras.regularizers.deserialize(config)
