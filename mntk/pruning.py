@@ -98,12 +98,27 @@ def make_schedule(target=0.6, schedule="constant", begin_step=0, end_step=None,
                      f"a preset {sorted(PRESETS)} or a tfmot PruningSchedule.")
 
 
+def _prunable(layer):
+    """Whether tfmot's registry prunes a weight of ``layer`` (a Dense or Conv
+    kernel; not BN, not DepthwiseConv2D in tfmot 0.8, not preprocessing)."""
+    from tensorflow_model_optimization.python.core.sparsity.keras import (
+        prunable_layer, prune_registry)
+    if isinstance(layer, prunable_layer.PrunableLayer):
+        return True
+    registry = prune_registry.PruneRegistry
+    if not registry.supports(layer):
+        return False
+    return bool(registry._weight_names(layer))
+
+
 def prune(model, target=0.6, schedule="constant", begin_step=0, end_step=None,
           frequency=None, steps_per_epoch=None, epochs=None, layers=None):
-    """Wrap ``model`` for magnitude pruning (tfmot ``prune_low_magnitude``).
+    """A copy of ``model`` wrapped for magnitude pruning (tfmot ``prune_low_magnitude``).
 
     Args:
-      model: a Functional or Sequential tf_keras model.
+      model: a Functional or Sequential tf_keras model. It is not modified: the
+        result is built from a prepared copy (``mntk.prepare``: TF-op arithmetic
+        as Keras layers, nested models flattened) with the same weights.
       target: final fraction of zeros per pruned kernel.
       schedule: "constant", "polynomial" (0 -> target between begin and end
         step), a preset name ("kaist", "osi"), or a tfmot ``PruningSchedule``.
@@ -111,29 +126,44 @@ def prune(model, target=0.6, schedule="constant", begin_step=0, end_step=None,
         begin_step + steps_per_epoch * epochs when both are given.
       frequency: steps between mask updates; None fits it to the run length
         (tfmot's default of 100 never prunes a run shorter than 100 steps).
-      layers: names of layers to prune (default: every prunable layer).
+      layers: names of layers to prune (default: every layer with a kernel
+        tfmot's registry prunes). Layers tfmot cannot prune (preprocessing,
+        custom layers without ``PrunableLayer``) stay dense; naming one here
+        is an error.
 
     Train with ``callbacks=mntk.pruning.callbacks()`` (tfmot's
     ``UpdatePruningStep``; without it tfmot stops with an error naming it).
     """
+    from mntk import prepare as _prepare
     ensure_tf_keras(model, "model")
     sched = make_schedule(target, schedule, begin_step, end_step, frequency,
                           steps_per_epoch, epochs)
-    if layers is None:
-        return _sparsity.prune_low_magnitude(model, pruning_schedule=sched)
-    wanted = set([layers] if isinstance(layers, str) else layers)
-    unknown = wanted - {l.name for l in model.layers}
-    if unknown:
-        raise ValueError(f"prune: layers {sorted(unknown)} are not in {model.name!r}.")
+    wanted = None
+    if layers is not None:
+        wanted = set([layers] if isinstance(layers, str) else layers)
+        unknown = wanted - {l.name for l in model.layers}
+        if unknown:
+            raise ValueError(f"prune: layers {sorted(unknown)} are not in {model.name!r}; "
+                             f"layers: {[l.name for l in model.layers]}.")
+        refused = sorted(l.name for l in model.layers
+                         if l.name in wanted and not _prunable(l))
+        if refused:
+            raise ValueError(
+                f"prune: tfmot cannot prune layers {refused} (no prunable kernel in "
+                "its registry); leave them out of `layers`, or make the layer a "
+                "tfmot.sparsity.keras.PrunableLayer.")
+    preprocessing = set()
+    if getattr(model, "_is_graph_network", False):
+        preprocessing = set(_prepare.preprocessing_layers(model))
 
-    def wrap(layer):
-        if layer.name in wanted:
+    def wrap(layer, original):
+        chosen = (original.name in wanted) if wanted is not None else (
+            original.name not in preprocessing and _prunable(original))
+        if chosen:
             return _sparsity.prune_low_magnitude(layer, pruning_schedule=sched)
         return layer
 
-    clone = keras.models.clone_model(model, clone_function=wrap)
-    clone.set_weights(model.get_weights())
-    return clone
+    return _prepare.rebuild(model, wrap, what="prune")[0]
 
 
 def callbacks(log_dir=None):

@@ -21,6 +21,7 @@ def custom_objects():
     import importlib
     from mntk.quantization import schemes
     objects = dict(schemes.custom_objects())
+    importlib.import_module("mntk.prepare")  # registers hard_swish / hard_sigmoid
     for name in ("models", "losses", "regularizers", "callbacks", "early_exit"):
         module = importlib.import_module(f"mntk.{name}")
         for attr in getattr(module, "__all__", []):

@@ -45,14 +45,19 @@ def test_outputs_shapes_and_shared_backbone(head):
     x = np.random.RandomState(0).rand(5, 8, 8, 1).astype("float32")
     outs = multi.predict(x, verbose=0)
     assert [o.shape for o in outs] == [(5, 10)] * 3
-    # Same layer objects, so the final output is the original model's.
+    # A copy of the backbone with the same weights: the final output is the
+    # original model's, and the model given stays untouched.
     for layer in model.layers:
-        assert multi.get_layer(layer.name) is layer
+        copy = multi.get_layer(layer.name)
+        assert copy is not layer
+        for a, b in zip(copy.get_weights(), layer.get_weights()):
+            np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(outs[-1], model.predict(x, verbose=0), rtol=1e-6)
+    assert not any(l.name.startswith("exit_") for l in model.layers)
     # The shallower exit (block1_out) comes first: its head reads 8 channels
     # at the block1 position, i.e. exit_0 depends on fewer backbone layers.
-    model.get_layer("block2_conv").kernel.assign(
-        model.get_layer("block2_conv").kernel * 2.0)
+    multi.get_layer("block2_conv").kernel.assign(
+        multi.get_layer("block2_conv").kernel * 2.0)
     changed = multi.predict(x, verbose=0)
     np.testing.assert_allclose(changed[0], outs[0], rtol=1e-6)
     assert not np.allclose(changed[1], outs[1])

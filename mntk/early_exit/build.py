@@ -2,10 +2,13 @@
 
 Exits go at named layers or at fractions of the backbone's cumulative ops (SDN
 places its heads at 15%..90% of the network's cost; Kaya et al., ICML 2019).
-The result shares the backbone's layer objects, so training it trains them.
+The result holds its own copy of the backbone (``mntk.prepare``: same
+weights, TF-op arithmetic as Keras layers, nested models flattened), so
+training or freezing it leaves the given model untouched.
 """
 import difflib
 import numbers
+import warnings
 
 import tensorflow as tf
 
@@ -63,17 +66,63 @@ def exit_fractions(model):
     return fractions
 
 
-def _node_by_fraction(fraction, candidates, model):
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(
-            f"add_exits: exit position {fraction!r} is not a fraction in (0, 1) "
-            "of the cumulative ops. Use e.g. at=[0.3, 0.6], or layer names.")
+_MID_BLOCK = (keras.layers.BatchNormalization, keras.layers.Activation,
+              keras.layers.ReLU)
+
+
+def _block_outputs(model, candidates, head):
+    """Cut points worth an exit: past the first op, a feature map the head
+    accepts, and the end of a conv-BN-activation group (in a chain every
+    layer is a cut point; an exit between a conv and its BN is not useful)."""
+    from mntk import prepare as _prepare
+    skip = set(_prepare.preprocessing_layers(model))
+    consumers = {}
+    for node in graph.topological_nodes(model):
+        for tensor in node.keras_inputs:
+            consumers.setdefault(id(tensor), []).append(node.layer)
+    kept, fallback = [], []
+    for node, fraction in candidates:
+        out = tf.nest.flatten(node.outputs)[0]
+        if node.layer.name in skip or fraction <= 0.0:
+            continue
+        if head in ("osi", "sdn") and len(out.shape) != 4:
+            continue
+        fallback.append((node, fraction))
+        users = consumers.get(id(out), [])
+        if not any(isinstance(u, _MID_BLOCK) for u in users):
+            kept.append((node, fraction))
+    return kept or fallback
+
+
+def _nodes_by_fraction(fractions, candidates, model, taken):
+    """Distinct cut points for ``fractions`` (ascending), each the candidate
+    nearest to its fraction among those deeper than the previous choice."""
+    for fraction in fractions:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"add_exits: exit position {fraction!r} is not a fraction in (0, 1) "
+                "of the cumulative ops. Use e.g. at=[0.3, 0.6], or layer names.")
     if not candidates:
         raise ValueError(
             f"add_exits: model {model.name!r} has no single-tensor cut point to "
             "place an exit at; pass layer names instead.")
-    node, _ = min(candidates, key=lambda c: abs(c[1] - fraction))
-    return node
+    chosen, start = {}, 0
+    ordered = sorted(set(fractions))
+    for k, fraction in enumerate(ordered):
+        # leave room for the fractions still to place
+        pool = [(i, c) for i, c in enumerate(candidates)
+                if i >= start and c[0] not in taken
+                and i < len(candidates) - (len(ordered) - 1 - k)]
+        if not pool:
+            raise ValueError(
+                f"add_exits: model {model.name!r} has {len(candidates)} places an "
+                f"exit can go ({[c[0].layer.name for c in candidates]}), too few for "
+                f"distinct exits at {sorted(fractions)}; ask for fewer exits or "
+                "pass layer names.")
+        i, (node, _) = min(pool, key=lambda ic: abs(ic[1][1] - fraction))
+        chosen[fraction] = node
+        start = i + 1
+    return chosen
 
 
 def add_exits(model, at, head="osi", num_classes=None, name=None):
@@ -90,14 +139,25 @@ def add_exits(model, at, head="osi", num_classes=None, name=None):
       num_classes: classes of each head (default: the final output's width).
       name: the new model's name (default ``<model.name>_exits``).
 
-    The returned model shares every backbone layer (and weight) with ``model``;
-    exit ``i``'s last layer is named ``exit_i``.
+    The returned model computes on a copy of ``model``'s layers with the same
+    weights; ``model`` itself is not modified. A final softmax (every
+    ``keras.applications`` classifier has one) is dropped, with a warning, so
+    that every output is logits as ``compile_exits`` and ``calibrate`` expect.
+    Exit ``i``'s last layer is named ``exit_i``.
     """
+    from mntk import prepare as _prepare
     graph.keras_model_check(model)
     if len(model.outputs) != 1:
         raise ValueError(
             f"add_exits: model {model.name!r} has {len(model.outputs)} outputs; "
             "it needs exactly one (the final logits).")
+    softmax = _prepare.softmax_head(model)
+    if softmax:
+        warnings.warn(
+            f"add_exits: the output of {model.name!r} is the softmax of layer "
+            f"{softmax[0].name!r}; the multi-exit model outputs its logits instead.",
+            stacklevel=2)
+    model = _prepare.to_logits(model, prepare_graph=True)
     if isinstance(at, (str, numbers.Real)):
         at = [at]
     if not at:
@@ -106,15 +166,19 @@ def add_exits(model, at, head="osi", num_classes=None, name=None):
     final_node = graph.producer_node(final)
     backbone = graph.ancestor_nodes([final])
     order = {node: i for i, node in enumerate(graph.topological_nodes(model))}
-    candidates = None
     points = {}
+    fractions = [float(spec) for spec in at
+                 if isinstance(spec, numbers.Real) and not isinstance(spec, bool)]
+    by_fraction = {}
     for spec in at:
         if isinstance(spec, str):
             node = _node_by_name(model, spec)
         elif isinstance(spec, numbers.Real) and not isinstance(spec, bool):
-            if candidates is None:
-                candidates = exit_fractions(model)
-            node = _node_by_fraction(float(spec), candidates, model)
+            if not by_fraction:
+                named = {_node_by_name(model, s) for s in at if isinstance(s, str)}
+                candidates = _block_outputs(model, exit_fractions(model), head)
+                by_fraction = _nodes_by_fraction(fractions, candidates, model, named)
+            node = by_fraction[float(spec)]
         else:
             raise TypeError(
                 f"add_exits: exit point {spec!r} must be a layer name or a "

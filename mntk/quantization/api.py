@@ -21,15 +21,24 @@ def _check_model(model):
             f"quantize: model {model.name!r} is a subclassed keras.Model; tfmot can "
             "only quantize Sequential or Functional models. Rebuild it with the "
             "Functional API (keras.Input -> layers -> keras.Model).")
-    nested = [l.name for l in model.layers if isinstance(l, keras.Model)]
-    if nested:
-        raise ValueError(
-            f"quantize: model {model.name!r} contains nested model(s) {nested}; "
-            "tfmot cannot quantize a model inside a model. Flatten it: call the "
-            "inner model's layers directly on the outer model's tensors.")
     if not model.built:
         raise ValueError(f"quantize: model {model.name!r} is not built; call "
                          "model.build(input_shape) or build it on a keras.Input.")
+
+
+def _check_supported(model, scheme, skipped):
+    """One-line error for a layer the scheme cannot quantize (instead of tfmot's
+    traceback from inside quantize_apply)."""
+    registry = scheme.get_quantize_registry()
+    for layer in model.layers:
+        if (layer.name in skipped or isinstance(layer, keras.layers.InputLayer)
+                or registry.supports(layer)):
+            continue
+        raise ValueError(
+            f"quantize: layer {layer.name!r} ({type(layer).__name__}) has no "
+            f"quantization rule in {type(scheme).__name__}; leave it float with "
+            f"skip=[{layer.name!r}, ...], or annotate it with a QuantizeConfig "
+            "(tfmot.quantization.keras.quantize_annotate_layer).")
 
 
 def _is_pruned(model):
@@ -77,22 +86,30 @@ def quantize(model, scheme="int8", skip=None):
     """Annotate and apply quantization-aware training in one call.
 
     Args:
-      model: a built Functional or Sequential tf_keras model (a model wrapped
-        for pruning is stripped first; its zeros are kept while training).
+      model: a built Functional or Sequential tf_keras model, not modified (a
+        model wrapped for pruning is stripped first; its zeros are kept while
+        training). It is prepared first (``mntk.prepare``): TF-op arithmetic
+        becomes Keras layers, nested models are flattened.
       scheme: "int8" (tfmot's default 8-bit scheme; its prune-preserving variant
         for a pruned model), ``TernaryScheme()``, ``LearnedPrecisionScheme()``,
         ``BinaryScheme()`` or any tfmot ``QuantizeScheme``.
       skip: layer names, or a predicate ``fn(layer) -> bool``, of layers left
         float (not annotated). None: the first conv and last Dense for the
-        ternary and binary schemes, nothing otherwise.
+        ternary and binary schemes, nothing otherwise. Leading input
+        preprocessing layers (``Rescaling``, ``Normalization``, resizing) are
+        always left float.
 
     Returns:
       A new QAT model (tfmot ``QuantizeWrapperV2`` layers); compile it again.
     """
+    from mntk import prepare as _prepare
     _check_model(model)
     pruned = _is_pruned(model)
     if pruned:
         model = tfmot.sparsity.keras.strip_pruning(model)
+    # A copy with TF-op arithmetic as Keras layers and nested models flattened;
+    # the caller's model is never annotated or rebuilt in place.
+    model = _prepare.rebuild(model, what="quantize")[0]
     scheme = _resolve_scheme(scheme, pruned)
     if isinstance(scheme, _schemes._MntkScheme):
         scheme = copy.copy(scheme)  # the caller's scheme stays model-independent
@@ -107,6 +124,9 @@ def quantize(model, scheme="int8", skip=None):
         if unknown:
             raise ValueError(f"quantize: skip names {sorted(unknown)} are not layers "
                              f"of {model.name!r}; layers: {[l.name for l in model.layers]}")
+    # Input preprocessing (Rescaling, Normalization, resizing) stays float.
+    skipped |= set(_prepare.preprocessing_layers(model))
+    _check_supported(model, scheme, skipped)
 
     def annotate(layer):
         if layer.name in skipped or isinstance(layer, keras.layers.InputLayer):

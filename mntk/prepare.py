@@ -1,0 +1,500 @@
+"""Model preparation: the graph normalization in front of every capability.
+
+Users bring ``keras.applications`` backbones and their own functional models.
+Their graphs hold things tfmot and the MicroNet counter cannot take as they
+are; ``prepare(model)`` returns a *new* model that computes the same function
+(outputs identical) in plain Keras layers:
+
+- ``TFOpLambda`` arithmetic (what ``x + 3.0`` or ``tf.math.multiply`` become in
+  a functional model) turns into Keras layers: the hard-sigmoid pattern
+  ``ReLU(6)(x + 3) * (1/6)`` of MobileNetV3 into ``Activation(hard_sigmoid)``,
+  ``Multiply([x, hard_sigmoid(x)])`` into ``Activation(hard_swish)`` (Howard et
+  al., "Searching for MobileNetV3", ICCV 2019: h-swish(x) = x ReLU6(x+3)/6),
+  a tensor-and-scalar add/multiply into ``Rescaling(scale, offset)``, two
+  tensors into ``Add``/``Multiply``/``Subtract``, and ``tf.nn.relu6`` /
+  ``sigmoid`` / ``silu`` / ``tanh`` into ``ReLU`` / ``Activation``;
+- nested functional models (a backbone used as a layer) are flattened into
+  the outer graph (a clashing inner name gets ``<nested model>_`` in front);
+- an adapted ``Normalization`` keeps its statistics in its config (mean and
+  variance as arguments), so later clones (tfmot's) cannot reset them.
+
+Every layer of the result is a fresh object with the original's weights: the
+given model is never touched. ``preprocessing_layers(model)`` names the
+leading input-preprocessing layers (``Rescaling``, ``Normalization``,
+resizing), which pruning and quantization leave float; ``to_logits(model)``
+drops a final softmax. A graph mntk cannot rebuild raises ``PrepareError``:
+one line naming the layer and the way out.
+"""
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from mntk.compat import ensure_tf_keras, keras
+
+__all__ = ["prepare", "preprocessing_layers", "to_logits", "softmax_head",
+           "hard_sigmoid", "hard_swish", "PrepareError", "rebuild"]
+
+
+class PrepareError(ValueError):
+    """A model mntk cannot normalize; the message names the layer and the fix."""
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+def hard_sigmoid(x):
+    """MobileNetV3's hard sigmoid ReLU6(x + 3) / 6 (Keras 2's own
+    ``hard_sigmoid`` is the different 0.2 x + 0.5 clip). Same op order as
+    ``keras.applications.MobileNetV3``, so outputs are bit-identical."""
+    return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+def hard_swish(x):
+    """MobileNetV3's hard swish x * ReLU6(x + 3) / 6 (Howard et al., 2019)."""
+    return x * hard_sigmoid(x)
+
+
+_PREPROCESSING = tuple(getattr(keras.layers, n) for n in (
+    "Rescaling", "Normalization", "Resizing", "CenterCrop") if hasattr(keras.layers, n))
+_ADD = ("__operators__.add", "math.add")
+_SUB = ("__operators__.sub", "math.subtract")
+_MUL = ("__operators__.mul", "math.multiply")
+_DIV = ("__operators__.truediv", "math.truediv", "math.divide")
+_UNARY = {"nn.relu6": lambda name: keras.layers.ReLU(6.0, name=name),
+          "nn.relu": lambda name: keras.layers.ReLU(name=name),
+          "math.sigmoid": lambda name: keras.layers.Activation("sigmoid", name=name),
+          "nn.sigmoid": lambda name: keras.layers.Activation("sigmoid", name=name),
+          "nn.silu": lambda name: keras.layers.Activation("swish", name=name),
+          "nn.swish": lambda name: keras.layers.Activation("swish", name=name),
+          "math.tanh": lambda name: keras.layers.Activation("tanh", name=name),
+          "nn.tanh": lambda name: keras.layers.Activation("tanh", name=name)}
+
+
+def _is_keras_tensor(value):
+    return hasattr(value, "_keras_history")
+
+
+def _scalar(value):
+    """A Python float for a scalar constant argument, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (np.ndarray, np.generic, tf.Tensor)) and not _is_keras_tensor(value):
+        array = np.asarray(value)
+        if array.size == 1 and array.ndim == 0:
+            return float(array)
+    return None
+
+
+def _is_tf_op(layer):
+    return type(layer).__name__ in ("TFOpLambda", "SlicingOpLambda")
+
+
+def _is_nested(layer):
+    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+
+
+def _producer(tensor):
+    layer, node_index, _ = tensor._keras_history
+    return layer._inbound_nodes[node_index]
+
+
+def _nodes(model):
+    ordered = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        ordered.extend(model._nodes_by_depth[depth])
+    return ordered
+
+
+def _op_args(node):
+    """(tensors, scalars) of a TF-op node's positional arguments."""
+    args = list(node.call_args) + [v for k, v in node.call_kwargs.items() if k != "name"]
+    tensors = [a for a in args if _is_keras_tensor(a)]
+    scalars = [(i, _scalar(a)) for i, a in enumerate(args) if not _is_keras_tensor(a)]
+    return args, tensors, scalars
+
+
+def _is_relu6(node):
+    layer = node.layer
+    if not isinstance(layer, keras.layers.ReLU):
+        return False
+    cfg = layer.get_config()
+    return (cfg.get("max_value") is not None and float(cfg["max_value"]) == 6.0
+            and float(cfg["negative_slope"]) == 0.0 and float(cfg["threshold"]) == 0.0)
+
+
+def _find_patterns(model, consumers):
+    """{id(node): action} for the hard-sigmoid / hard-swish patterns.
+
+    hard sigmoid: add(x, 3) -> ReLU(6) -> multiply(., 1/6), each feeding only
+    the next; hard swish: Multiply([x, hard_sigmoid(x)]) with the same x.
+    """
+    actions = {}
+    for node in _nodes(model):
+        if not _is_tf_op(node.layer) or node.layer.symbol not in _ADD:
+            continue
+        args, tensors, scalars = _op_args(node)
+        if len(tensors) != 1 or len(args) != 2 or [s for _, s in scalars] != [3.0]:
+            continue
+        chain = [node]
+        for check in (_is_relu6, _is_scale_by_sixth):
+            nxt = consumers.get(id(chain[-1].outputs), [])
+            if len(nxt) != 1 or nxt[0] is None or not check(nxt[0]):
+                break
+            chain.append(nxt[0])
+        if len(chain) != 3:
+            continue
+        x = tensors[0]
+        end = chain[-1]
+        kind, last = "hard_sigmoid", end
+        after = consumers.get(id(end.outputs), [])
+        if (len(after) == 1 and after[0] is not None and isinstance(after[0].layer, keras.layers.Multiply)
+                and len(after[0].keras_inputs) == 2
+                and any(t is x for t in after[0].keras_inputs)):
+            kind, last = "hard_swish", after[0]
+        actions[id(node)] = ("fuse", kind, x, last, chain)
+        for inner in chain[1:] + ([last] if kind == "hard_swish" else []):
+            actions[id(inner)] = ("absorbed",)
+    return actions
+
+
+def _is_scale_by_sixth(node):
+    layer = node.layer
+    if not _is_tf_op(layer):
+        return False
+    args, tensors, scalars = _op_args(node)
+    if len(tensors) != 1 or len(args) != 2:
+        return False
+    value = scalars[0][1]
+    if layer.symbol in _MUL:
+        return value is not None and abs(value - 1.0 / 6.0) < 1e-12
+    return layer.symbol in _DIV and scalars[0][0] == 1 and value == 6.0
+
+
+def _consumers(model):
+    out = {}
+    for node in _nodes(model):
+        for tensor in node.keras_inputs:
+            out.setdefault(id(tensor), []).append(node)
+    for tensor in model.outputs:  # a model output counts as a consumer
+        out.setdefault(id(tensor), []).append(None)
+    return out
+
+
+def _op_layer(node, name):
+    """The Keras layer (and its call inputs) for a TF-op node, or raise."""
+    layer = node.layer
+    symbol = layer.symbol
+    args, tensors, scalars = _op_args(node)
+    if symbol in _UNARY and len(tensors) == 1:
+        return _UNARY[symbol](name), tensors[0]
+    binary = symbol in _ADD + _SUB + _MUL + _DIV and len(args) == 2
+    if binary and len(tensors) == 2 and symbol not in _DIV:
+        cls = (keras.layers.Add if symbol in _ADD else keras.layers.Subtract
+               if symbol in _SUB else keras.layers.Multiply)
+        return cls(name=name), list(tensors)
+    if binary and len(tensors) == 1 and scalars[0][1] is not None:
+        position, c = scalars[0]
+        if symbol in _ADD:
+            scale, offset = 1.0, c
+        elif symbol in _SUB:
+            scale, offset = (1.0, -c) if position == 1 else (-1.0, c)
+        elif symbol in _MUL:
+            scale, offset = c, 0.0
+        elif position == 1 and c != 0.0:
+            scale, offset = 1.0 / c, 0.0
+        else:
+            scale = None
+        if scale is not None:
+            return keras.layers.Rescaling(scale, offset, name=name), tensors[0]
+    raise PrepareError(
+        f"prepare: layer {layer.name!r} is the TF op tf.{symbol} with arguments "
+        f"{_describe(args)}, which mntk cannot turn into a Keras layer; replace it "
+        "in the model by a Keras layer (keras.layers.Add/Multiply/Rescaling/"
+        "Activation/Lambda-free custom layer) and rebuild.")
+
+
+def _describe(args):
+    return "(" + ", ".join(
+        f"tensor{tuple(a.shape)}" if _is_keras_tensor(a) else repr(a) for a in args) + ")"
+
+
+def _op_name(name):
+    return name.replace("tf.__operators__.", "").replace("tf.", "").replace(".", "_")
+
+
+class _Rebuilder:
+    """Rebuilds a functional graph node by node with fresh layers.
+
+    ``wrap(new_layer, original) -> layer`` may wrap each copied layer (pruning,
+    quantize annotation); weights are copied into the inner layer after it is
+    built.
+    """
+
+    def __init__(self, wrap=None, convert_ops=True, flatten=True):
+        self.wrap = wrap
+        self.convert_ops = convert_ops
+        self.flatten = flatten
+        self.copies = {}  # id(original layer) -> (new layer, original)
+        self.names = set()  # names taken in the new model
+        self.reserved = set()  # the outer model's own layer names
+        self._scope = None
+        self.report = {"converted": [], "flattened": []}
+
+    def _unique(self, name, prefix="", own=False):
+        # Outer layers keep their names (own=True); a nested model's layer is
+        # renamed <nested>_<name> only when it clashes.
+        taken = self.names if own else self.names | self.reserved
+        candidate = name if name not in taken else f"{prefix}{name}"
+        i = 1
+        while candidate in self.names:
+            candidate = f"{prefix}{name}_{i}"
+            i += 1
+        self.names.add(candidate)
+        return candidate
+
+    def _copy(self, layer, prefix):
+        key = id(layer)
+        if key in self.copies:
+            return self.copies[key][0]
+        config = layer.get_config()
+        config["name"] = self._unique(layer.name, prefix, own=not prefix)
+        if isinstance(layer, keras.layers.Normalization):
+            config = _normalization_config(layer, config)
+        if self._scope is None:
+            from mntk.serialization import custom_objects
+            self._scope = custom_objects()
+        import tensorflow_model_optimization as tfmot
+        with tfmot.quantization.keras.quantize_scope(self._scope), \
+                tfmot.sparsity.keras.prune_scope():
+            new = layer.__class__.from_config(config)
+        new.trainable = layer.trainable
+        if self.wrap is not None:
+            new = self.wrap(new, layer)
+        self.copies[key] = (new, layer)
+        return new
+
+    def run(self, model, inputs, prefix=""):
+        tensors = {id(t): n for t, n in zip(model.inputs, inputs)}
+        consumers = _consumers(model)
+        actions = _find_patterns(model, consumers) if self.convert_ops else {}
+
+        def mapped(value):
+            return tf.nest.map_structure(
+                lambda v: tensors[id(v)] if _is_keras_tensor(v) else v, value)
+
+        for node in _nodes(model):
+            layer = node.layer
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            action = actions.get(id(node))
+            if action and action[0] == "absorbed":
+                continue
+            if action:
+                _, kind, x, last, chain = action
+                base = last.layer.name if kind == "hard_swish" else chain[1].layer.name
+                fn = hard_swish if kind == "hard_swish" else hard_sigmoid
+                new = keras.layers.Activation(
+                    fn, name=self._unique(f"{_op_name(base)}_{kind}", prefix))
+                out = new(tensors[id(x)])
+                tensors[id(last.outputs)] = out
+                self.report["converted"].append(
+                    (kind, [n.layer.name for n in chain] + (
+                        [last.layer.name] if kind == "hard_swish" else [])))
+                continue
+            if _is_nested(layer) and self.flatten:
+                inner_inputs = tf.nest.flatten(mapped(node.call_args[0]))
+                outs = self.run(layer, inner_inputs, prefix=f"{layer.name}_")
+                for t, o in zip(tf.nest.flatten(node.outputs), outs):
+                    tensors[id(t)] = o
+                self.report["flattened"].append(layer.name)
+                continue
+            if _is_tf_op(layer) and self.convert_ops:
+                new, call_inputs = _op_layer(node, self._unique(_op_name(layer.name), prefix))
+                out = new(mapped(call_inputs))
+                tensors[id(node.outputs)] = out
+                self.report["converted"].append((type(new).__name__, [layer.name]))
+                continue
+            new = self._copy(layer, prefix)
+            kwargs = {k: v for k, v in mapped(node.call_kwargs).items()}
+            out = new(*mapped(node.call_args), **kwargs)
+            for t, o in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
+                tensors[id(t)] = o
+            self._set_weights(new, layer)
+        return [tensors[id(t)] for t in model.outputs]
+
+    def _set_weights(self, new, original):
+        inner = getattr(new, "layer", new) if new is not original else new
+        if getattr(inner, "_mntk_weights_set", False):
+            return
+        weights = original.get_weights()
+        if isinstance(original, keras.layers.Normalization):
+            weights = []  # the statistics moved into the config
+        if weights:
+            target = inner if len(inner.get_weights()) == len(weights) else new
+            try:
+                target.set_weights(weights)
+            except ValueError as err:
+                raise PrepareError(
+                    f"prepare: cannot copy the weights of layer {original.name!r} "
+                    f"({type(original).__name__}) into its rebuilt copy: {err}. "
+                    "Give the layer a get_config that rebuilds the same weights.") from None
+        inner._mntk_weights_set = True
+
+
+def _normalization_config(layer, config):
+    """An adapted Normalization with its statistics as constructor arguments,
+    so clones (tfmot clones with get_config + set_weights, which does not
+    re-finalize adapted statistics) keep them."""
+    if config.get("mean") is not None or not layer.built:
+        return config
+    config = dict(config)
+    config["mean"] = np.asarray(layer.mean).reshape(-1).tolist()
+    config["variance"] = np.asarray(layer.variance).reshape(-1).tolist()
+    axis = config.get("axis")
+    if axis is None or (isinstance(axis, (list, tuple)) and not axis):
+        config["mean"] = float(config["mean"][0])
+        config["variance"] = float(config["variance"][0])
+    return config
+
+
+def _check(model, what):
+    ensure_tf_keras(model, "model")
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise PrepareError(
+            f"{what}: model {getattr(model, 'name', model)!r} is not a functional or "
+            "Sequential Keras model built on an input, so mntk cannot read its "
+            "graph; rebuild it with keras.Input -> layers -> keras.Model.")
+
+
+def rebuild(model, wrap=None, convert_ops=True, flatten=True, name=None, what="prepare"):
+    """The prepared copy of ``model``; ``wrap`` as in ``_Rebuilder``.
+
+    Returns ``(new_model, report)``; report lists converted ops and flattened
+    nested models.
+    """
+    _check(model, what)
+    builder = _Rebuilder(wrap, convert_ops, flatten)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            builder.names.add(layer.name)
+        elif not (_is_nested(layer) and flatten):
+            builder.reserved.add(layer.name)
+    inputs = []
+    for tensor in model.inputs:
+        layer = tensor._keras_history.layer
+        inputs.append(keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                                  name=layer.name))
+    try:
+        outputs = builder.run(model, inputs)
+    except PrepareError as err:
+        if what != "prepare":
+            raise PrepareError(str(err).replace("prepare:", f"{what}:", 1)) from None
+        raise
+    single = len(model.outputs) == 1 and not isinstance(model.output, (list, tuple))
+    new = keras.Model(inputs, outputs[0] if single else outputs,
+                      name=name or model.name)
+    return new, builder.report
+
+
+def prepare(model, convert_ops=True, flatten=True, name=None):
+    """A copy of ``model`` with TF-op arithmetic as Keras layers and nested
+    models flattened (see the module docstring). Outputs are identical; the
+    given model is not modified."""
+    return rebuild(model, None, convert_ops, flatten, name)[0]
+
+
+def needs_preparation(model):
+    """True when ``model`` holds TF-op layers, nested models or an adapted
+    Normalization (what ``prepare`` changes)."""
+    for layer in model.layers:
+        if _is_tf_op(layer) or _is_nested(layer):
+            return True
+    return False
+
+
+def preprocessing_layers(model):
+    """Names of the input-preprocessing layers that lead the graph.
+
+    A ``Rescaling``/``Normalization``/``Resizing``/``CenterCrop`` layer whose
+    inputs are model inputs or other such layers. Pruning and quantization leave
+    them float: they hold no weights to prune, and quantizing them would
+    quantize the raw input range into the first conv's input.
+    """
+    leading, names = set(), []
+    for node in _nodes(model):
+        layer = node.layer
+        if isinstance(layer, keras.layers.InputLayer):
+            leading.add(id(node))
+            continue
+        if isinstance(layer, _PREPROCESSING) and all(
+                id(_producer(t)) in leading for t in node.keras_inputs):
+            leading.add(id(node))
+            if layer.name not in names:
+                names.append(layer.name)
+    return names
+
+
+_PASS = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
+
+
+def softmax_head(model, index=-1):
+    """Where output ``index`` of ``model`` applies softmax, or None.
+
+    Returns ``(softmax_layer, classifier_layer)``: the layer that applies it
+    (an ``Activation("softmax")``/``Softmax`` layer, or a Dense/Conv with
+    ``activation="softmax"``) and the classifier whose logits it normalizes
+    (the last Dense or Conv2D before it, through Flatten/Reshape/Dropout).
+    """
+    node = _producer(model.outputs[index])
+    layer = node.layer
+    if _is_nested(layer):
+        return None
+    activation = getattr(layer, "activation", None)
+    is_softmax = (isinstance(layer, keras.layers.Softmax)
+                  or getattr(activation, "__name__", None) == "softmax")
+    if not is_softmax:
+        return None
+    classifier = layer
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+        classifier = None
+        while node.keras_inputs and len(node.keras_inputs) == 1:
+            node = _producer(node.keras_inputs[0])
+            if isinstance(node.layer, (keras.layers.Dense, keras.layers.Conv2D)):
+                classifier = node.layer
+                break
+            if not isinstance(node.layer, _PASS):
+                break
+    return layer, classifier
+
+
+def to_logits(model, name=None, prepare_graph=False):
+    """A copy of ``model`` whose outputs are the logits before a final softmax.
+
+    A trailing ``Activation("softmax")``/``Softmax`` layer is dropped; a Dense
+    or Conv2D with ``activation="softmax"`` gets ``activation="linear"``
+    (same weights). Other outputs are copied unchanged. Outputs that apply no
+    softmax are left as they are; ``to_logits`` of such a model is a plain copy.
+    """
+    _check(model, "to_logits")
+    heads = [softmax_head(model, i) for i in range(len(model.outputs))]
+    drop = {id(h[0]) for h in heads if h and isinstance(h[0], (keras.layers.Activation,
+                                                               keras.layers.Softmax))}
+    relinear = {id(h[0]) for h in heads if h and id(h[0]) not in drop}
+    if not drop and not relinear:
+        return prepare(model, convert_ops=prepare_graph, flatten=prepare_graph, name=name)
+
+    def wrap(new, original):
+        if id(original) in relinear:
+            new.activation = keras.activations.get("linear")
+        return new
+
+    # Cut the dropped softmax layers: re-point the outputs at their inputs.
+    outputs = []
+    for tensor in model.outputs:
+        node = _producer(tensor)
+        outputs.append(node.keras_inputs[0] if id(node.layer) in drop else tensor)
+    trimmed = keras.Model(model.inputs, outputs, name=model.name)
+    return rebuild(trimmed, wrap, convert_ops=prepare_graph, flatten=prepare_graph,
+                   name=name)[0]
