@@ -5,11 +5,14 @@
     print(report.table())
 
 Rules and formulas: `mntk.cost.rules` (kernels, activations),
-`mntk.cost.layer_rules` (the other layers), `mntk.cost.wrappers` (tfmot
-pruning / quantization and the quantizer protocol). Custom layers:
-`mntk.cost.register_rule(MyLayer, fn)`.
+`mntk.cost.layer_rules` (the other layers), `mntk.cost.storage` (dense or
+sparse encoding), `mntk.cost.wrappers` (tfmot pruning / quantization and the
+quantizer protocol). Custom layers: `mntk.cost.register_rule(MyLayer, fn)`.
+An entry's own counting conventions: `estimate(..., conventions="kaist")`,
+see `mntk.cost.profiles`.
 """
 from mntk.cost.baselines import BASELINES, Baseline
+from mntk.cost.profiles import PROFILES, CountingProfile, get_profile, register_profile
 from mntk.cost.report import CostReport, LayerCost
 from mntk.cost.rules import ACTIVATION_COSTS, CostContext, register_rule
 from mntk.cost.walker import estimate
@@ -24,4 +27,5 @@ def __getattr__(name):
 
 
 __all__ = ["estimate", "CostReport", "LayerCost", "BASELINES", "Baseline",
-           "register_rule", "CostContext", "ACTIVATION_COSTS", "CostLogger"]
+           "register_rule", "CostContext", "ACTIVATION_COSTS", "CostLogger",
+           "CountingProfile", "PROFILES", "register_profile", "get_profile"]

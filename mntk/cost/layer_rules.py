@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from mntk.compat import keras
-from mntk.cost.rules import ACTIVATION_COSTS, activation_name, register_rule
+from mntk.cost.rules import activation_name, register_rule
 
 L = keras.layers
 
@@ -91,14 +91,14 @@ def activation_layer_rule(layer, ctx):
     name = activation_name(layer.activation, f"layer {ctx.layer_name!r}")
     if name == "linear" or (name == "softmax" and ctx.is_model_output):
         return []
-    mults, adds = ACTIVATION_COSTS[name]
+    mults, adds = ctx.activation_cost(name)
     return [ctx.elementwise(f"act:{name}", mults, adds)]
 
 
 def softmax_rule(layer, ctx):
     if ctx.is_model_output:
         return []
-    return [ctx.elementwise("act:softmax", *ACTIVATION_COSTS["softmax"])]
+    return [ctx.elementwise("act:softmax", *ctx.activation_cost("softmax"))]
 
 
 def relu_layer_rule(layer, ctx):
@@ -106,8 +106,10 @@ def relu_layer_rule(layer, ctx):
     mults = 1 + (layer.max_value is not None)
     mults += float(layer.negative_slope) != 0.0
     mults += float(layer.threshold) != 0.0
-    kind = "act:relu6" if layer.max_value is not None else "act:relu"
-    return [ctx.elementwise(kind, int(mults), 0)]
+    name = "relu6" if layer.max_value is not None else "relu"
+    if name in ctx.profile.activation_costs:
+        return [ctx.elementwise(f"act:{name}", *ctx.activation_cost(name))]
+    return [ctx.elementwise(f"act:{name}", int(mults), 0)]
 
 
 def leaky_relu_rule(layer, ctx):
@@ -147,10 +149,24 @@ def max_pool_rule(layer, ctx):
 
 
 def add_rule(layer, ctx):
+    """A merge of n tensors (a residual add): n - 1 adds per element; free
+    under a profile that does not count residual adds."""
+    if not ctx.profile.residual_adds:
+        return []
     return [ctx.elementwise("add", 0, len(ctx.input_shapes) - 1)]
 
 
+def is_broadcast(ctx) -> bool:
+    """Some input has fewer elements than the output (an SE gate (1, 1, C))."""
+    out = math.prod(int(d) for d in ctx.output_shape)
+    return any(math.prod(int(d) for d in s) < out for s in ctx.input_shapes)
+
+
 def multiply_rule(layer, ctx):
+    """n - 1 mults per element; a broadcast scale (squeeze-excite) is free
+    under a profile that does not count scale multiplies."""
+    if not ctx.profile.scale_multiplies and is_broadcast(ctx):
+        return []
     return [ctx.elementwise("multiply", len(ctx.input_shapes) - 1, 0)]
 
 

@@ -140,6 +140,7 @@ class CostReport:
     freebie: bool = False
     accumulator_bits: float = 32
     model_name: str = ""
+    conventions: Optional[object] = None   # the CountingProfile counted with
 
     def _expect(self, attr: str) -> float:
         """Mean over examples of the per-row attribute `attr`."""
@@ -194,6 +195,8 @@ class CostReport:
             "model": self.model_name, "task": self.task,
             "baseline": BASELINES[self.task].to_json() if self.task else None,
             "freebie": bool(self.freebie),
+            "conventions": (None if self.conventions is None
+                            else self.conventions.to_json()),
             "accumulator_bits": float(self.accumulator_bits),
             "exit_ops": [float(v) for v in self.exit_ops],
             "exit_rates": (None if self.exit_rates is None
@@ -221,6 +224,8 @@ class CostReport:
                             " (no exit_rates: every head computed)"))
         if self.freebie:
             lines.append("freebie: params and mults counted at 16 bits")
+        if self.conventions is not None and self.conventions.name != "official":
+            lines.append(f"counted with the {self.conventions.name!r} conventions")
         if self.task is not None:
             lines.append(f"score {self.score:.6f} on {self.task} baselines")
         return lines

@@ -106,11 +106,14 @@ class CostContext:
     tensor), `accumulator_bits`, `freebie`, `float_bits` (bits of an
     unquantized parameter: 32, or 16 with the freebie), `is_model_output`,
     `folded_bn` (a following BatchNorm is folded into this layer's bias),
-    `weights` (dict short name -> WeightView, effective values).
+    `weights` (dict short name -> WeightView, effective values), `profile`
+    (the `CountingProfile` in force; rules that depend on conventions read
+    it, e.g. `activation_cost`, `profile.residual_adds`).
     """
 
     def __init__(self, *, name, layer_name, unwrapped, input_shapes, output_shapes,
-                 input_bits, accumulator_bits, freebie, is_model_output, folded_bn):
+                 input_bits, accumulator_bits, freebie, is_model_output, folded_bn,
+                 profile=None):
         self.name = name
         self.layer_name = layer_name
         self.unwrapped = unwrapped
@@ -123,6 +126,14 @@ class CostContext:
         self.float_bits = 16.0 if freebie else 32.0
         self.is_model_output = is_model_output
         self.folded_bn = folded_bn
+        if profile is None:
+            from mntk.cost.profiles import get_profile
+            profile = get_profile("official")
+        self.profile = profile
+
+    def activation_cost(self, name: str):
+        """(mults, adds) per element of activation `name` under the profile."""
+        return tuple(self.profile.activation_costs.get(name, ACTIVATION_COSTS[name]))
 
     @property
     def output_shape(self):
@@ -170,7 +181,7 @@ class CostContext:
         name = activation_name(fn, f"layer {self.layer_name!r}")
         if name == "linear" or (name == "softmax" and self.is_model_output):
             return []
-        mults, adds = ACTIVATION_COSTS[name]
+        mults, adds = self.activation_cost(name)
         return [self.elementwise(f"act:{name}", mults, adds, operand_bits=[pre_bits],
                                  suffix="/activation")]
 
@@ -244,8 +255,7 @@ def kernel_row(ctx, kind, view, channels, spatial, *, suffix="", shape=None,
     scheme = _sign_scheme(values) if nnz_total else "dense"
     in_bits = list(ctx.input_bits if input_bits is None else input_bits)
     param_bits = float(view.quantizer_param_bits)
-    profile = getattr(ctx, "profile", None)
-    force = "sparse" if profile is not None and profile.storage == "sparse" else None
+    force = "sparse" if ctx.profile.storage == "sparse" else None
     if scheme != "dense" and ctx.freebie:
         raise ValueError(
             f"freebie=True refused: {where} has a {scheme} kernel (below 16 bits); "

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from mntk.compat import ensure_tf_keras, keras
 from mntk.cost import layer_rules  # noqa: F401  (registers the built-in rules)
+from mntk.cost.profiles import get_profile
 from mntk.cost.report import CostReport, is_finite_number
 from mntk.cost.rules import (CostContext, activation_name, passes_bits, rule_for,
                              unsupported_rule)
@@ -199,8 +200,8 @@ def _progress(items, total, label):
     return tqdm(items, total=total, desc=label, leave=False)
 
 
-def estimate(model, *, task=None, freebie=False, accumulator_bits=32,
-             exit_rates=None, input_shape=None) -> CostReport:
+def estimate(model, *, task=None, freebie=None, accumulator_bits=None,
+             exit_rates=None, input_shape=None, conventions="official") -> CostReport:
     """Count `model` by the MicroNet Challenge rules (NeurIPS 2019).
 
     params = storage bits / 32; ops = sum(mults * mult_bits/32 + adds *
@@ -212,14 +213,23 @@ def estimate(model, *, task=None, freebie=False, accumulator_bits=32,
         wrappers and nested functional models are fine).
       task: "cifar100", "imagenet" or None (no score).
       freebie: count params and multiplies at 16 bits (adds stay 32); refused
-        for a model quantized below 16 bits.
-      accumulator_bits: bits of every add.
+        for a model quantized below 16 bits. None: the profile's (official:
+        False).
+      accumulator_bits: bits of every add. None: the profile's (32).
       exit_rates: for an n-output early-exit model, the fraction of examples
         leaving at each output (sums to 1); None counts every head.
       input_shape: shape of the input without batch (a list of them for
         several inputs) for models built with unknown dimensions.
+      conventions: the counting profile: "official" (the MicroNet rules),
+        "kaist", "osi", or a `mntk.cost.CountingProfile` (see
+        `mntk.cost.profiles`); `freebie` / `accumulator_bits` given here
+        override the profile's.
     """
     ensure_tf_keras(model)
+    profile = get_profile(conventions)
+    freebie = profile.freebie if freebie is None else bool(freebie)
+    accumulator_bits = (profile.accumulator_bits if accumulator_bits is None
+                        else accumulator_bits)
     if task is not None:
         from mntk.cost.baselines import baseline
         baseline(task)
@@ -284,7 +294,7 @@ def estimate(model, *, task=None, freebie=False, accumulator_bits=32,
             output_shapes=[s[1:] for s in out_shapes], input_bits=in_bits,
             accumulator_bits=accumulator_bits, freebie=freebie,
             is_model_output=any(k in outputs for k in call.outputs),
-            folded_bn=i in folded_into)
+            folded_bn=i in folded_into, profile=profile)
         new_rows = list(rule(u.layer, ctx) or [])
         if u.extra_param_bits and new_rows:
             new_rows[0].param_bits += u.extra_param_bits
@@ -300,4 +310,4 @@ def estimate(model, *, task=None, freebie=False, accumulator_bits=32,
     exit_ops = list(np.cumsum(exit_totals).tolist())
     return CostReport(layers=rows, exit_ops=exit_ops, exit_rates=rates, task=task,
                       freebie=bool(freebie), accumulator_bits=float(accumulator_bits),
-                      model_name=model.name)
+                      model_name=model.name, conventions=profile)
