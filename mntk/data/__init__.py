@@ -58,7 +58,9 @@ def load(name: str, batch_size: int = 32, split=None, **kwargs) -> LoadedData:
         ``deterministic``, ``one_hot``, ``seed``, ``mix``, ``mix_alpha``,
         ``mix_probability``, ``steps_per_epoch``; digits also ``channels``,
         ``fractions``; TFDS sets also ``data_dir``, ``split_names``,
-        ``cache``, ``shuffle_buffer``.
+        ``cache``, ``shuffle_buffer``, ``autoaugment`` (a policy of
+        ``mntk.data.autoaugment``, or a list / set name such as ``"kaist"``
+        for one copy of the data per policy per epoch), ``pad_fill``.
 
     Raises:
       DataError: unknown name or split, an option the data set does not take,

@@ -19,13 +19,16 @@ def sub_seeds(seed, n: int):
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
-def pad_and_random_crop(image, seed, padding: int):
-    """Zero-pad ``padding`` pixels per side, then crop back at a random place.
+def pad_and_random_crop(image, seed, padding: int, fill: float = 0.0):
+    """Pad ``padding`` pixels per side with ``fill`` (0 by default), then crop
+    back at a random place.
 
-    The CIFAR augmentation of He et al. (2016) with padding 4.
+    The CIFAR augmentation of He et al. (2016) with padding 4 (the KAIST entry
+    padded with grey, torchvision ``RandomCrop(32, 4, fill=128)``).
     """
     shape = tf.shape(image)
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]],
+                    constant_values=tf.cast(fill, image.dtype))
     return tf.image.stateless_random_crop(padded, shape, seed=seed)
 
 

@@ -105,7 +105,8 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
               steps_per_epoch: Optional[int] = None,
               split_names: Optional[Dict[str, str]] = None,
               cache: Optional[bool] = None,
-              shuffle_buffer: Optional[int] = None) -> LoadedData:
+              shuffle_buffer: Optional[int] = None,
+              autoaugment=None, pad_fill: float = 0.0) -> LoadedData:
     """Batched pipelines of a TFDS image data set (``cifar10``, ``cifar100``,
     ``imagenet2012``).
 
@@ -127,6 +128,14 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
         syntax such as ``"train[:90%]"`` works).
       cache: cache decoded examples in memory (default: on for CIFAR).
       shuffle_buffer: examples in the shuffle buffer (default 10000).
+      autoaugment: an AutoAugment-style policy applied to training images
+        before the crop and flip (``mntk.data.autoaugment``): a name (e.g.
+        ``"osi_cifar100"``), a ``Policy``, or a list of them / a set name
+        (``"kaist"``): then each epoch holds one copy of the training set per
+        policy, each copy augmented by its own policy, shuffled together (the
+        KAIST entry's four Fast AutoAugment copies), and ``steps_per_epoch``
+        counts all copies.
+      pad_fill: pixel value (0..255) of the CIFAR crop padding (KAIST: 128).
     """
     spec = SPECS[name]
     if split is not None and split not in SPLITS:
@@ -139,6 +148,18 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
         raise DataError(f"{name}: split_names has unknown keys {sorted(unknown)}; "
                         f"use {SPLITS}.")
     augment = True if augment is None else bool(augment)
+    policies = None
+    if autoaugment is not None:
+        from mntk.data import autoaugment as autoaugment_lib
+        try:
+            members = autoaugment_lib.get_many(autoaugment)
+        except ValueError as e:
+            raise DataError(f"{name}: {e}") from None
+        policies = autoaugment_lib.Policy.concat(members)
+        if not augment:
+            raise DataError(f"{name}: autoaugment={autoaugment!r} needs augment=True "
+                            "(the policy is training augmentation).")
+    copies = len(policies.ranges) if policies is not None else 1
     cache = is_cifar if cache is None else bool(cache)
     onehot = bool(one_hot) or bool(mix)
     built = {}
@@ -150,12 +171,13 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
                          shuffle_files=train and not deterministic, seed=seed)
         if cache:
             ds = ds.cache()
-        if train and not deterministic:
-            ds = ds.shuffle(shuffle_buffer or spec.shuffle_buffer, seed=seed,
-                            reshuffle_each_iteration=True)
-        transform = _transform(spec, size, train and augment, is_cifar)
+        policy = policies if train and augment else None
+        buffer = shuffle_buffer or spec.shuffle_buffer
+        ds = _copies(ds, copies if policy is not None else 1, train and not deterministic,
+                     buffer, seed)
+        transform = _transform(spec, size, train and augment, is_cifar, policy, pad_fill)
         ds = aug.with_seeds(ds, seed + SPLITS.index(which)).map(
-            lambda xy, s: (transform(xy[0], s), tf.cast(xy[1], tf.int32)),
+            lambda xyk, s: (transform(xyk[0], s, xyk[2]), tf.cast(xyk[1], tf.int32)),
             num_parallel_calls=tf.data.AUTOTUNE)
         if onehot:
             ds = ds.map(lambda im, lab: (im, to_one_hot(lab, spec.num_classes)))
@@ -170,7 +192,7 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
                      else _split_size(spec, names[which], data_dir))
              for which in SPLITS}
     if steps_per_epoch is None and sizes["train"] is not None:
-        steps_per_epoch = sizes["train"] // batch_size
+        steps_per_epoch = copies * sizes["train"] // batch_size
     return LoadedData(
         name=name, num_classes=spec.num_classes, input_shape=(size, size, 3),
         train=built.get("train"), validation=built.get("validation"),
@@ -178,21 +200,49 @@ def load_tfds(name: str, batch_size: int = 128, split: Optional[str] = None,
         mean=spec.mean, std=spec.std)
 
 
-def _transform(spec: TfdsSpec, size: int, augment: bool, is_cifar: bool):
-    """uint8 image (CIFAR) or JPEG bytes (ImageNet) + [2] seed -> normalized
-    float32 (size, size, 3) image."""
-    def fn(image, seed):
+def _copies(ds, copies: int, shuffle: bool, buffer: int, seed: int):
+    """``(image, label, k)`` for k = 0..copies-1: one pass over ``ds`` per copy,
+    each shuffled on its own, interleaved at random (in order when not
+    shuffling), so an epoch holds every example ``copies`` times."""
+    def tagged(k):
+        part = ds.shuffle(buffer, seed=seed + 1000 * k, reshuffle_each_iteration=True) \
+            if shuffle else ds
+        return part.map(lambda x, y: (x, y, tf.constant(k, tf.int32)))
+    if copies == 1:
+        return tagged(0)
+    parts = [tagged(k) for k in range(copies)]
+    if shuffle:
+        return tf.data.Dataset.sample_from_datasets(parts, seed=seed,
+                                                    stop_on_empty_dataset=False,
+                                                    rerandomize_each_iteration=True)
+    return tf.data.Dataset.choose_from_datasets(
+        parts, tf.data.Dataset.range(copies).repeat(), stop_on_empty_dataset=False)
+
+
+def _transform(spec: TfdsSpec, size: int, augment: bool, is_cifar: bool, policy=None,
+               pad_fill: float = 0.0):
+    """uint8 image (CIFAR) or JPEG bytes (ImageNet) + [2] seed + copy index ->
+    normalized float32 (size, size, 3) image. ``policy`` (an AutoAugment-style
+    ``Policy``, member ``k`` for copy k) runs on 0..255 pixels before the crop
+    and flip, as the entries ran it on PIL images."""
+    def fn(image, seed, copy=0):
         crop_seed, flip_seed = aug.sub_seeds(seed, 2)
+        policy_seed = tf.random.experimental.stateless_fold_in(seed, 3)
         if is_cifar:
+            if policy is not None:
+                image = policy(image, policy_seed, copy) / 255.0
             image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
             if augment:
-                image = aug.pad_and_random_crop(image, crop_seed, padding=4)
+                image = aug.pad_and_random_crop(image, crop_seed, padding=4,
+                                                fill=pad_fill / 255.0)
                 image = aug.random_flip(image, flip_seed)
             if size != spec.native_size:
                 image = tf.image.resize(image, (size, size), method="bilinear")
         elif augment:
             image = aug.random_resized_crop_jpeg(image, crop_seed, size)
             image = aug.random_flip(image, flip_seed)
+            if policy is not None:  # AutoAugment's ImageNet order: after crop and flip
+                image = policy(tf.round(image * 255.0), policy_seed, copy) / 255.0
         else:
             image = tf.image.decode_jpeg(image, channels=3)
             image = tf.image.convert_image_dtype(image, tf.float32)
