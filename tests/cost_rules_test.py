@@ -434,3 +434,15 @@ def test_accumulator_bits_scale_adds(accumulator_bits):
     report = mntk.cost.estimate(model, accumulator_bits=accumulator_bits)
     # 15 mults at 32 bits; 12 + 3 adds at the accumulator's bits.
     assert report.ops == 15 + 15 * accumulator_bits / 32
+
+
+def test_heavily_pruned_float_kernel_is_not_ternary():
+    """One positive and one negative weight left are float weights, not TTQ."""
+    layer = L.DepthwiseConv2D(3, use_bias=False, name="d")
+    model = single_layer(layer, (5, 5, 2))
+    values = np.zeros((3, 3, 2, 1), np.float32)
+    values[0, 0, 0, 0], values[1, 1, 1, 0] = 0.31, -0.17
+    layer.depthwise_kernel.assign(values)
+    [row] = rows_of(mntk.cost.estimate(model, freebie=True), "d")
+    assert row.kind == "depthwise" and row.encoding == "sparse"
+    assert row.param_bits == 2 * 16 + 18 and row.mults == 2 * 9

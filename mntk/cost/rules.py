@@ -203,7 +203,10 @@ def _sign_scheme(values: np.ndarray) -> str:
     if np.unique(flat[:64]).size <= 3:
         nonzero = flat[flat != 0]
         pos, neg = nonzero[nonzero > 0], nonzero[nonzero < 0]
-        if pos.size and neg.size and pos.min() == pos.max() and neg.min() == neg.max():
+        # A repeated value (3+ nonzeros on 2 levels): a float kernel pruned to
+        # one positive and one negative weight is not a ternary one.
+        if (pos.size and neg.size and nonzero.size >= 3
+                and pos.min() == pos.max() and neg.min() == neg.max()):
             if nonzero.size == flat.size and pos[0] == -neg[0]:
                 return "binary"
             return "ternary"
