@@ -404,3 +404,23 @@ def test_osi_published_score_with_exit(osi):
     plain = mntk.cost.estimate(model, task="cifar100", freebie=True)
     assert plain.params / 36.5e6 == pytest.approx(0.002833, rel=1e-3)
     assert plain.score == pytest.approx(0.006100, rel=0.01)
+
+
+@pytest.mark.slow
+def test_preact_resnet_ternarized_with_its_fc_exports_int8(tmp_path):
+    """The TTQ code ternarizes every kernel but the first conv, the FC included;
+    the option-A pad passes its input's quantization through."""
+    model = mm.resnet_preact(8, num_classes=10, input_shape=(16, 16, 3))
+    x = np.random.default_rng(3).uniform(size=(8, 16, 16, 3)).astype(np.float32)
+    q = mntk.quantization.quantize(model, scheme=mntk.quantization.TernaryScheme(),
+                                   skip=["stem_conv"])
+    report = mntk.cost.estimate(q)
+    kinds = {row.layer: row.kind for row in report.layers}
+    fc = [k for name, k in kinds.items() if "logits" in name]
+    stem = [k for name, k in kinds.items() if "stem_conv" in name]
+    assert fc and all(k.endswith(":ternary") for k in fc), kinds
+    assert stem and not any(k.endswith(":ternary") for k in stem), kinds
+    result = mntk.export.to_tflite(q, str(tmp_path / "q.tflite"), quantize="int8",
+                                   representative_data=x)
+    parity = mntk.export.verify(result.path, q, (x, np.zeros(8, np.int64)))
+    assert parity.outputs[0].agreement == 1.0

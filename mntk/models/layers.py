@@ -13,7 +13,8 @@
   stays in the model, its weights trained by the regularizers and counted.
 
 Each registers a MicroNet cost rule: a ghost BN is a BN (folded into the
-preceding kernel's bias); the other three only move values and cost nothing.
+preceding kernel's bias); the other three only move values and cost nothing,
+and ``mntk.quantization`` passes their input's quantization through them.
 """
 import numpy as np
 import tensorflow as tf
@@ -107,6 +108,8 @@ class NearestUpsample(keras.layers.Layer):
     Built from two gathers, so TFLite runs it as GATHER ops.
     """
 
+    quantize_passthrough = True  # mntk.quantization: moves values, no quantizer
+
     def __init__(self, size, **kwargs):
         super().__init__(**kwargs)
         size = (size, size) if np.isscalar(size) else tuple(size)
@@ -140,6 +143,8 @@ class ChannelPad(keras.layers.Layer):
     """Zero channels around the input: ``[0]*before ++ x ++ [0]*after``
     on the last axis (the TTQ code's ``tf.pad`` of the option-A shortcut)."""
 
+    quantize_passthrough = True  # mntk.quantization: moves values, no quantizer
+
     def __init__(self, before, after, **kwargs):
         super().__init__(**kwargs)
         if int(before) != before or int(after) != after or before < 0 or after < 0:
@@ -168,6 +173,8 @@ class KeepBranch(keras.layers.Layer):
     this layer the gate's convs stay model weights (regularized, pruned and
     counted as in the entry), while the output is unchanged.
     """
+
+    quantize_passthrough = True  # mntk.quantization: moves values, no quantizer
 
     def call(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) < 2:

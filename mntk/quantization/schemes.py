@@ -162,9 +162,14 @@ class MntkQuantizeRegistry(_registry8.Default8BitQuantizeRegistry):
                 and _activation_name(layer) not in _TFMOT_ACTIVATIONS)
 
     def supports(self, layer):
-        return self._gap_filled(layer) or super().supports(layer)
+        return (getattr(layer, "quantize_passthrough", False) or self._gap_filled(layer)
+                or super().supports(layer))
 
     def get_quantize_config(self, layer):
+        if getattr(layer, "quantize_passthrough", False):
+            # moves values only (mntk.models.layers: ChannelPad, NearestUpsample,
+            # KeepBranch): its input's quantization carries through
+            return MntkQuantizeConfig([], [], False, None, None)
         if self._gap_filled(layer):
             return MntkQuantizeConfig([], [], True, None, self._activation_fn(layer))
         config = super().get_quantize_config(layer)
