@@ -59,6 +59,14 @@ class StepwiseSparsity(_sparsity.PruningSchedule):
                 "config": {"stages": self.stages, "frequency": self.frequency,
                            "end_step": self.end_step}}
 
+    @classmethod
+    def from_config(cls, config):
+        # tfmot's schedules give {"class_name", "config"} (what PruneLowMagnitude
+        # stores); keras.utils.serialize_keras_object nests that in a "config".
+        if set(config) == {"class_name", "config"}:
+            config = config["config"]
+        return cls(**config)
+
 
 def fitted_frequency(steps_per_epoch=None, total_steps=None):
     """Mask-update period that prunes several times even on short runs."""

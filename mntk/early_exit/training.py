@@ -119,6 +119,11 @@ class ExitWeightRamp(keras.callbacks.Callback):
         return {"final_weights": self.final_weights, "epochs": self.epochs,
                 "start": self.start, "ramp_final": self.ramp_final}
 
+    @classmethod
+    def from_config(cls, config):
+        """Unwired, as built; ``compile_exits`` wires it to a model's weights."""
+        return cls(**config)
+
 
 def freeze_backbone(multi, bn_trainable=False):
     """Sets every backbone layer (those the final output needs) non-trainable.
