@@ -446,3 +446,53 @@ def test_heavily_pruned_float_kernel_is_not_ternary():
     [row] = rows_of(mntk.cost.estimate(model, freebie=True), "d")
     assert row.kind == "depthwise" and row.encoding == "sparse"
     assert row.param_bits == 2 * 16 + 18 and row.mults == 2 * 9
+
+
+def test_tf_op_hard_swish_is_4_mults_1_add():
+    """MobileNetV3's hard-swish from TF-op layers: x * relu6(x + 3) * (1/6)."""
+    inputs = keras.Input((2, 2, 3))
+    hard_sigmoid = L.ReLU(6.0, name="r6")(inputs + 3.0) * (1.0 / 6.0)
+    x = L.Multiply(name="m")([inputs, hard_sigmoid])
+    model = keras.Model(inputs, x)
+    report = mntk.cost.estimate(model)
+    n = 12
+    assert (report.raw_mults, report.raw_adds) == (4 * n, 1 * n)
+    kinds = sorted(r.kind for r in report.layers)
+    assert kinds == ["act:relu6", "multiply", "tf:__operators__.add", "tf:math.multiply"]
+
+
+def test_tf_op_residual_and_scale_follow_the_profile():
+    import tensorflow as tf
+    inputs = keras.Input((2, 2, 3))
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(inputs)
+    y = tf.math.multiply(inputs, tf.math.sigmoid(gate)) + inputs
+    model = keras.Model(inputs, y)
+    official = mntk.cost.estimate(model)
+    kaist = mntk.cost.estimate(model, conventions="kaist")
+    by_kind = {r.kind: (r.mults, r.adds) for r in official.layers}
+    assert by_kind["tf:math.multiply"] == (12, 0)       # broadcast scale
+    assert by_kind["tf:__operators__.add"] == (0, 12)   # residual add
+    assert by_kind["act:sigmoid"] == (2 * 3, 3)
+    assert {r.kind for r in kaist.layers} == {"global_avg_pool", "act:sigmoid"}
+
+
+def test_unknown_tf_op_names_the_op_and_the_fix():
+    import tensorflow as tf
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, tf.math.cumsum(inputs, axis=-1))
+    with pytest.raises(ValueError, match=r"tf\.math\.cumsum.*register_tf_op\('math\.cumsum'"):
+        mntk.cost.estimate(model)
+    mntk.cost.register_tf_op(
+        "math.cumsum", lambda layer, ctx: [ctx.elementwise("cumsum", 0, 1)])
+    try:
+        assert mntk.cost.estimate(model).raw_adds == 4
+    finally:
+        from mntk.cost import layer_rules
+        del layer_rules._TF_OP_RULES["math.cumsum"]
+
+
+def test_layer_normalization():
+    model = single_layer(L.LayerNormalization(name="ln"), (5, 4))
+    [row] = rows_of(mntk.cost.estimate(model), "ln")
+    # 3 mults + 4 adds per element; gamma and beta (4 each) at 32 bits.
+    assert (row.mults, row.adds, row.param_bits) == (3 * 20, 4 * 20, 32 * 8)

@@ -16,6 +16,7 @@ from mntk.cost.profiles import PROFILES, CountingProfile, get_profile, register_
 from mntk.cost.report import CostReport, LayerCost
 from mntk.cost.rules import ACTIVATION_COSTS, CostContext, register_rule
 from mntk.cost.walker import estimate
+from mntk.cost.layer_rules import register_tf_op
 
 
 def __getattr__(name):
@@ -28,4 +29,5 @@ def __getattr__(name):
 
 __all__ = ["estimate", "CostReport", "LayerCost", "BASELINES", "Baseline",
            "register_rule", "CostContext", "ACTIVATION_COSTS", "CostLogger",
-           "CountingProfile", "PROFILES", "register_profile", "get_profile"]
+           "CountingProfile", "PROFILES", "register_profile", "get_profile",
+           "register_tf_op"]

@@ -6,7 +6,9 @@ GlobalAveragePooling: C mults + (H*W - 1)*C adds. AveragePooling: (k*k - 1)
 adds + 1 mult per output. MaxPooling: (k*k - 1) comparisons per output, as
 mults. Add / Subtract: (n_inputs - 1) adds per element. Multiply:
 (n_inputs - 1) mults per element. Rescaling / Normalization: 1 mult (+1 add
-with an offset / mean) per element.
+with an offset / mean) per element. LayerNormalization: 3 mults + 4 adds per
+element. TF-op layers (`TFOpLambda`): see `tf_op_rule`; others with
+`register_tf_op`.
 """
 import math
 
@@ -188,6 +190,81 @@ def normalization_rule(layer, ctx):
                             param_bits=values * ctx.float_bits)]
 
 
+def layer_norm_rule(layer, ctx):
+    """LayerNormalization, per element: mean (1 add), variance (1 mult + 1
+    add), x - mean (1 add), * 1/std (1 mult), * gamma + beta (1 mult + 1
+    add): 3 mults + 4 adds; stores gamma and beta."""
+    values = sum(int(np.size(w.values)) for w in ctx.weights.values())
+    return [ctx.elementwise("layer_norm", 3, 4,
+                            operand_bits=list(ctx.input_bits) + [ctx.float_bits],
+                            param_bits=values * ctx.float_bits)]
+
+
+# --- TF-op layers (TFOpLambda: `x + 3.0`, `tf.math.multiply(x, y)`, ...) -----
+# Elementwise ops by symbol: (mults, adds) per output element. A binary op
+# with one tensor input has a constant (float) operand.
+_TF_ELEMENTWISE = {
+    "__operators__.add": (0, 1), "math.add": (0, 1), "math.subtract": (0, 1),
+    "__operators__.sub": (0, 1), "math.multiply": (1, 0), "math.truediv": (1, 0),
+    "math.divide": (1, 0), "math.negative": (0, 0),
+}
+_TF_ACTIVATIONS = {
+    "nn.relu": "relu", "nn.relu6": "relu6", "math.sigmoid": "sigmoid",
+    "nn.sigmoid": "sigmoid", "nn.silu": "swish", "nn.swish": "swish",
+    "math.tanh": "tanh", "nn.tanh": "tanh", "nn.softmax": "softmax",
+    "math.softmax": "softmax",
+}
+_TF_FREE = {"reshape", "compat.v1.transpose", "transpose", "concat", "expand_dims",
+            "squeeze", "identity", "compat.v1.squeeze", "cast", "stop_gradient"}
+_TF_OP_RULES = {}
+
+
+def register_tf_op(symbol: str, fn):
+    """Count the TF-op layer `tf.<symbol>` (a `TFOpLambda`, e.g.
+    "math.reduce_max") with `fn(layer, ctx)`, like `register_rule`."""
+    _TF_OP_RULES[symbol] = fn
+    return fn
+
+
+def tf_op_rule(layer, ctx):
+    """A TF-op layer: elementwise arithmetic, activations, free reshapes.
+
+    `x + c` / `x + y`: 1 add per element (a merge of two tensors is a
+    residual add, free under a profile without them); `x * c` / `x * y`: 1
+    mult per element (a broadcast scale is free under a profile without
+    them); activations as `ACTIVATION_COSTS`. MobileNetV3's hard-sigmoid
+    relu6(x + 3) * (1/6) so comes to 3 mults + 1 add, hard-swish
+    x * hard_sigmoid(x) to 4 + 1, the extension costs in DESIGN.md.
+    """
+    symbol = getattr(layer, "symbol", "")
+    if symbol in _TF_OP_RULES:
+        return _TF_OP_RULES[symbol](layer, ctx)
+    if symbol in _TF_FREE:
+        return []
+    if symbol in _TF_ACTIVATIONS:
+        name = _TF_ACTIVATIONS[symbol]
+        if name == "softmax" and ctx.is_model_output:
+            return []
+        return [ctx.elementwise(f"act:{name}", *ctx.activation_cost(name))]
+    if symbol in _TF_ELEMENTWISE:
+        mults, adds = _TF_ELEMENTWISE[symbol]
+        tensors = len(ctx.input_shapes)
+        if tensors >= 2 and adds and not ctx.profile.residual_adds:
+            return []
+        if tensors >= 2 and mults and not ctx.profile.scale_multiplies and is_broadcast(ctx):
+            return []
+        if not (mults or adds):
+            return []
+        constant = [] if tensors >= 2 else [ctx.float_bits]
+        return [ctx.elementwise(f"tf:{symbol}", mults, adds,
+                                operand_bits=list(ctx.input_bits) + constant)]
+    raise ValueError(
+        f"mntk.cost has no MicroNet rule for TF-op layer {ctx.layer_name!r} "
+        f"(tf.{symbol}); count it with mntk.cost.register_tf_op({symbol!r}, fn) "
+        "where fn(layer, ctx) returns a list of rows (see mntk.cost.rules), or "
+        "replace the op by a Keras layer.")
+
+
 def quantize_layer_rule(layer, ctx):
     """tfmot QuantizeLayer: stores its range; converting the input is free."""
     if not ctx.unwrapped.extra_param_bits:
@@ -218,3 +295,5 @@ register_rule(L.Multiply, multiply_rule)
 register_rule(L.Rescaling, rescaling_rule)
 register_rule(L.Normalization, normalization_rule)
 register_rule("QuantizeLayer", quantize_layer_rule, passes_bits=True)
+register_rule(L.LayerNormalization, layer_norm_rule)
+register_rule("TFOpLambda", tf_op_rule)
