@@ -13,7 +13,7 @@ _SUBMODULES = (
     "callbacks", "cost", "data", "early_exit", "export", "global_pruning", "losses",
     "models",
     "pruning", "quantization", "regularizers", "report", "train", "cli",
-    "serialization", "wrapped", "prepare",
+    "serialization", "wrapped", "prepare", "schedules",
 )
 
 
