@@ -23,9 +23,12 @@ def class_similarity(kernel) -> tf.Tensor:
     """A (C, C): A[k, :] = softmax over j != k of |cos(w_j, w_k)|, A[k, k] = 0.
 
     w_j is the weight vector of class j: column j of a Keras Dense kernel
-    (in, C) (a row of PyTorch's (C, in) weight). No gradient flows through A.
+    (in, C) (a row of PyTorch's (C, in) weight), or of a 1x1 Conv2D
+    classifier's kernel (1, 1, in, C) read as (in, C). No gradient flows through A.
     """
-    w = tf.math.l2_normalize(tf.stop_gradient(tf.cast(kernel, tf.float32)), axis=0)
+    kernel = tf.cast(kernel, tf.float32)
+    kernel = tf.reshape(kernel, [-1, tf.shape(kernel)[-1]])
+    w = tf.math.l2_normalize(tf.stop_gradient(kernel), axis=0)
     cosines = tf.abs(tf.matmul(w, w, transpose_a=True))
     num_classes = tf.shape(cosines)[0]
     # exp(-inf) = 0 removes the true class from its own softmax.
@@ -46,6 +49,18 @@ def _cross_entropy(targets, y_pred, from_logits):
     return -tf.reduce_sum(targets * tf.math.log(probs), axis=-1)
 
 
+def _refuse_softmax_classifier(layer, owner):
+    """Raise when ``layer``'s logits reach the model output through a softmax."""
+    from mntk.prepare import softmax_after
+    softmax = softmax_after(unwrap_layer(layer))
+    if softmax is not None:
+        raise ValueError(
+            f"{owner}: classifier {unwrap_layer(layer).name!r} is followed by the "
+            f"softmax of layer {softmax.name!r}, so the model outputs probabilities, "
+            "not logits. Rewire it: model = mntk.prepare.to_logits(model) and pass "
+            "that model's classifier (or pass from_logits=False).")
+
+
 @keras.utils.register_keras_serializable(package="mntk")
 class AdaptiveLabelSmoothing(keras.losses.Loss):
     """Cross-entropy against similarity-weighted smoothed targets (KAIST entry).
@@ -63,9 +78,13 @@ class AdaptiveLabelSmoothing(keras.losses.Loss):
     entry's code uses the softmax above, which is what is implemented here.
 
     Args:
-      classifier: the final Dense layer (also inside a tfmot wrapper), its kernel
-        variable, or (after deserialization) the layer's name, resolved by
-        `bind(model)` or by the refresh callback.
+      classifier: the final Dense layer or 1x1 Conv2D classifier (MobileNetV3's
+        `Logits`; also inside a tfmot wrapper), its kernel variable, or (after
+        deserialization) the layer's name, resolved by `bind(model)` or by the
+        refresh callback. With `from_logits=True` a classifier followed by a
+        softmax (every `keras.applications` head) is refused: the model
+        outputs probabilities. Rewire it first with
+        `model = mntk.prepare.to_logits(model)` (the same weights, logits out).
       epsilon: smoothing mass (0.3 in KAIST's dense training, 0.1 while pruning).
       from_logits: whether predictions are logits.
       refresh: "epoch" keeps A in a non-trainable variable recomputed at each
@@ -97,6 +116,8 @@ class AdaptiveLabelSmoothing(keras.losses.Loss):
             ensure_tf_keras(classifier, "classifier layer")
             self._kernel = self._layer_kernel(classifier)
             self.classifier_name = unwrap_layer(classifier).name
+            if self.from_logits:
+                _refuse_softmax_classifier(classifier, "AdaptiveLabelSmoothing")
         if self._kernel is not None:
             num_classes = int(self._kernel.shape[-1])
         if num_classes is None:
@@ -122,12 +143,14 @@ class AdaptiveLabelSmoothing(keras.losses.Loss):
 
     @staticmethod
     def _layer_kernel(layer):
-        kernels = [k for k, _, kind in layer_kernels(layer) if kind == "dense"]
+        kernels = [k for k, _, kind in layer_kernels(layer)
+                   if kind == "dense" or (kind == "pointwise" and k.shape.rank == 4)]
         if len(kernels) != 1:
             raise ValueError(
                 f"AdaptiveLabelSmoothing: classifier {layer.name!r} "
-                f"({type(unwrap_layer(layer)).__name__}) must be a built Dense layer; "
-                "pass the model's final Dense layer (e.g. model.get_layer('logits')).")
+                f"({type(unwrap_layer(layer)).__name__}) must be a built Dense layer "
+                "or 1x1 Conv2D; pass the model's final classifier (e.g. "
+                "model.get_layer('logits')).")
         return kernels[0]
 
     # -- the classifier ---------------------------------------------------------

@@ -469,6 +469,30 @@ def softmax_head(model, index=-1):
     return layer, classifier
 
 
+def softmax_after(layer):
+    """The layer applying softmax to ``layer``'s output, or None.
+
+    ``layer`` itself (``activation="softmax"``), or an ``Activation("softmax")``
+    / ``Softmax`` layer reached through Flatten/Reshape/Dropout layers that each
+    feed only the next.
+    """
+    if getattr(getattr(layer, "activation", None), "__name__", None) == "softmax":
+        return layer
+    current = layer
+    while True:
+        nodes = getattr(current, "_outbound_nodes", [])
+        if len(nodes) != 1:
+            return None
+        nxt = nodes[0].outbound_layer
+        if isinstance(nxt, keras.layers.Softmax) or (
+                isinstance(nxt, keras.layers.Activation)
+                and getattr(nxt.activation, "__name__", None) == "softmax"):
+            return nxt
+        if not isinstance(nxt, _PASS):
+            return None
+        current = nxt
+
+
 def to_logits(model, name=None, prepare_graph=False):
     """A copy of ``model`` whose outputs are the logits before a final softmax.
 

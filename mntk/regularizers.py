@@ -237,7 +237,11 @@ def _entry_gram(w, gram):
 def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
                squared=False, reduction="sum", name="srip", gram="smaller",
                vector="persistent"):
-    """Attach SRIP to the kernels of a built model, without rebuilding it.
+    """Attach SRIP to the kernels of a built model, in place, without rebuilding it.
+
+    Modifies ``model``: it gains a loss and a metric (its weights, trainable
+    flags and config are unchanged). This is the point of the call: the
+    model you then ``fit`` is the one regularized.
 
     Adds `coefficient * sum_l sigma_l` (or the mean over layers with
     reduction="mean", KAIST's choice with squared=True) as a model loss through

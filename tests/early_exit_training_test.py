@@ -52,18 +52,20 @@ def test_frozen_backbone_unchanged(bn_trainable):
     multi = add_exits(model, at=["block1_out"], head="osi")
     compile_exits(multi, keras.optimizers.Adam(0.05), freeze_backbone=True,
                   bn_trainable=bn_trainable)
-    before = {w.name: w.numpy().copy() for w in model.weights}
+    backbone_weights = [w for layer in model.layers
+                        for w in multi.get_layer(layer.name).weights]
+    before = {w.name: w.numpy().copy() for w in backbone_weights}
     head_before = [w.numpy().copy() for w in multi.get_layer("exit_0").weights]
     x, y = data()
     multi.fit(x, [y, y], epochs=2, batch_size=32, verbose=0)
-    for w in model.weights:
+    for w in backbone_weights:
         is_bn = "_bn/" in w.name
         if bn_trainable and is_bn:
             continue
         np.testing.assert_array_equal(w.numpy(), before[w.name], err_msg=w.name)
     if bn_trainable:
         # Backbone BN keeps learning its statistics on the new batches.
-        moving = model.get_layer("stem_bn").moving_mean
+        moving = multi.get_layer("stem_bn").moving_mean
         assert not np.allclose(moving.numpy(), before[moving.name])
     for a, b in zip(head_before, multi.get_layer("exit_0").weights):
         assert not np.allclose(a, b.numpy())
@@ -152,3 +154,66 @@ def test_argument_errors():
         compile_exits(multi, "sgd", loss={"exit_0": "mse"})
     with pytest.raises(ValueError, match="has 1 output"):
         compile_exits(backbone(), "sgd")
+
+
+def _snapshot(model):
+    return ([w.copy() for w in model.get_weights()], [l.trainable for l in model.layers],
+            len(model.losses), model.to_json())
+
+
+def _assert_untouched(model, snapshot):
+    weights, trainable, losses, config = snapshot
+    for a, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    assert [l.trainable for l in model.layers] == trainable
+    assert len(model.losses) == losses and model.to_json() == config
+
+
+def test_add_and_compile_exits_leave_the_model_untouched():
+    model = backbone()
+    before = _snapshot(model)
+    multi = add_exits(model, at=["block1_out"], head="osi")
+    compile_exits(multi, keras.optimizers.Adam(0.05), freeze_backbone=True)
+    x, y = data(32)
+    multi.fit(x, [y, y], epochs=1, batch_size=16, verbose=0)
+    _assert_untouched(model, before)
+    assert model.trainable_weights and not multi.get_layer("stem").trainable
+    multi2 = add_exits(model, at=["block1_out"], head="linear")
+    compile_exits(multi2, "sgd")
+    multi2.fit(x, [y, y], epochs=1, batch_size=16, verbose=0)  # joint training
+    _assert_untouched(model, before)
+
+
+def test_softmax_output_rewired_by_add_exits_refused_by_compile_exits():
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    h = keras.layers.ReLU(name="r1")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(
+        10, activation="softmax", name="predictions")(h))
+    with pytest.warns(UserWarning, match="softmax"):
+        multi = add_exits(model, at=["r1"], head="linear")
+    x, _ = data(4)
+    logits = multi.predict(x, verbose=0)[-1]
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
+    compile_exits(multi, "sgd")  # logits now: accepted
+    # A hand-built multi-exit model that still ends in softmax is refused.
+    exit_logits = keras.layers.Dense(10, name="exit_0")(
+        keras.layers.GlobalAveragePooling2D()(model.get_layer("r1").output))
+    hand = keras.Model(model.inputs, [exit_logits, model.output])
+    with pytest.raises(ValueError, match="'predictions'.*softmax.*to_logits") as err:
+        compile_exits(hand, "sgd")
+    assert "\n" not in str(err.value)
+    compile_exits(hand, "sgd", loss=[
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=False)])
+
+
+def test_apply_srip_changes_only_losses_and_metrics():
+    import mntk
+    model = backbone()
+    weights, trainable, losses, config = _snapshot(model)
+    mntk.regularizers.apply_srip(model, 1e-2, layers="conv")
+    assert len(model.losses) == losses + 1  # documented: it adds the SRIP loss
+    _assert_untouched(model, (weights, trainable, len(model.losses), config))

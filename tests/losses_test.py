@@ -247,12 +247,45 @@ def test_bad_arguments_raise():
         L.AdaptiveLabelSmoothing(classifier(), epsilon=1.5)
     with pytest.raises(ValueError, match="refresh"):
         L.AdaptiveLabelSmoothing(classifier(), refresh="batch")
-    conv = keras.layers.Conv2D(3, 1, name="conv")
+    conv = keras.layers.Conv2D(3, 3, name="conv")  # 3x3: not a classifier
     conv.build((None, 4, 4, 2))
     with pytest.raises(ValueError, match="'conv'.*Dense"):
         L.AdaptiveLabelSmoothing(conv)
     with pytest.raises(ValueError, match="num_classes"):
         L.AdaptiveLabelSmoothing("logits")
+
+
+def _softmax_head_model(kind):
+    x = keras.Input((4, 4, 2))
+    h = keras.layers.GlobalAveragePooling2D(keepdims=kind == "conv1x1")(x)
+    if kind == "conv1x1":  # MobileNetV3: 1x1 Conv2D 'Logits' -> Flatten -> softmax
+        h = keras.layers.Conv2D(C, 1, name="Logits")(h)
+        h = keras.layers.Flatten()(h)
+        return keras.Model(x, keras.layers.Activation("softmax")(h)), "Logits"
+    return keras.Model(x, keras.layers.Dense(C, activation="softmax",
+                                             name="predictions")(h)), "predictions"
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv1x1"])
+def test_softmax_head_refused_then_rewired_to_logits(kind):
+    from mntk import prepare
+    model, name = _softmax_head_model(kind)
+    with pytest.raises(ValueError, match="probabilities.*to_logits") as err:
+        L.AdaptiveLabelSmoothing(model.get_layer(name))
+    assert "\n" not in str(err.value)
+    # probabilities with from_logits=False are fine
+    L.AdaptiveLabelSmoothing(model.get_layer(name), from_logits=False)
+    logits_model = prepare.to_logits(model)
+    loss = L.AdaptiveLabelSmoothing(logits_model.get_layer(name), epsilon=0.3,
+                                    refresh="step")
+    kernel = logits_model.get_layer(name).get_weights()[0].reshape(-1, C)
+    np.testing.assert_allclose(loss.current_similarity().numpy(),
+                               np_similarity(kernel.astype(np.float64)), atol=1e-6)
+    x = np.random.RandomState(0).rand(6, 4, 4, 2).astype("float32")
+    logits = logits_model(x).numpy()
+    targets = loss.smoothed_targets(tf.constant(LABELS)).numpy()
+    expected = -(targets * np_log_softmax(logits)).sum(-1).mean()
+    assert float(loss(LABELS, logits)) == pytest.approx(expected, rel=1e-5)
 
 
 # -- ConfidenceWeighted ---------------------------------------------------------
@@ -289,3 +322,16 @@ def test_confidence_weighted_config_round_trip():
     loss = L.ConfidenceWeighted(from_logits=False, weight_gradient=True)
     clone = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(clone, L.ConfidenceWeighted) and clone.get_config() == loss.get_config()
+
+
+def test_distillation_rewires_a_softmax_teacher_to_logits():
+    model, _ = _softmax_head_model("dense")
+    loss = L.Distillation(model, temperature=2.0, alpha=0.5)
+    x = np.random.RandomState(3).rand(4, 4, 4, 2).astype("float32")
+    targets = loss.targets(x, np.arange(4))
+    probs = model.predict(x, verbose=0)
+    # the teacher's logits, up to a constant per row: softmax(logits) = probs
+    teacher = targets[:, 1:]
+    np.testing.assert_allclose(np.exp(teacher) / np.exp(teacher).sum(-1, keepdims=True),
+                               probs, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(teacher, probs)

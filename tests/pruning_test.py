@@ -39,3 +39,53 @@ def test_fitted_frequency_and_presets():
         mntk.pruning.make_schedule(0.5, "polynomial")
     with pytest.raises(ValueError, match="schedule"):
         mntk.pruning.make_schedule(0.5, "cubic", end_step=10)
+
+
+def _snapshot(model):
+    return ([w.copy() for w in model.get_weights()], [l.trainable for l in model.layers],
+            len(model.losses), model.to_json(), [id(l) for l in model.layers])
+
+
+def test_prune_leaves_the_model_untouched_and_layers_subset_works():
+    from mntk.compat import keras
+    model = tiny_model()
+    before = _snapshot(model)
+    x, y = digits(64)
+    pruned = compile_model(mntk.pruning.prune(model, target=0.5, layers=["pw", "logits"],
+                                              steps_per_epoch=2, epochs=1))
+    wrapped = {l.layer.name for l in pruned.layers if hasattr(l, "pruning_vars")}
+    assert wrapped == {"pw", "logits"}
+    x8 = x[:, :8, :8]
+    np.testing.assert_allclose(pruned.predict(x8, verbose=0), model.predict(x8, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    pruned.fit(x8, y, batch_size=32, epochs=1, verbose=0, callbacks=mntk.pruning.callbacks())
+    sparsity = mntk.pruning.sparsity(mntk.pruning.strip(pruned))
+    assert sparsity["pw"] == pytest.approx(0.5, abs=0.02) and sparsity["stem"] == 0.0
+    weights, trainable, losses, config, ids = before
+    for a, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    assert [l.trainable for l in model.layers] == trainable
+    assert len(model.losses) == losses and model.to_json() == config
+    assert [id(l) for l in model.layers] == ids
+    with pytest.raises(ValueError, match="cannot prune layers \\['stem_relu'\\]"):
+        mntk.pruning.prune(model, layers=["stem_relu"])
+    del keras
+
+
+def test_layers_tfmot_refuses_stay_dense():
+    from mntk.compat import keras
+
+    class Scale(keras.layers.Layer):  # a custom layer tfmot's registry refuses
+        def call(self, x):
+            return 2.0 * x
+
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Rescaling(1 / 16.0, name="scale")(inp)
+    h = keras.layers.Conv2D(8, 3, name="conv")(h)
+    h = Scale(name="custom")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h))
+    pruned = mntk.pruning.prune(model, target=0.5, steps_per_epoch=2, epochs=1)
+    kinds = {getattr(l, "layer", l).name: type(l).__name__ for l in pruned.layers}
+    assert kinds["conv"] == kinds["logits"] == "PruneLowMagnitude"
+    assert kinds["custom"] == "Scale" and kinds["scale"] == "Rescaling"

@@ -193,3 +193,39 @@ def test_cost_counts_ternary_layer_at_two_multiplies_per_output():
     assert rows, [r.layer for r in report.layers]
     # pw: 1x1 conv 8 -> 16 channels on 8x8: 64*16 outputs, 2 multiplies each.
     assert rows[0].mults == pytest.approx(2 * 8 * 8 * 16)
+
+
+def _preprocessed_model():
+    rng = np.random.RandomState(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Rescaling(1 / 16.0, name="scale")(inp)
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(rng.rand(50, 8, 8, 1) * 0.5 + 0.3)
+    h = norm(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="pre")
+
+
+@pytest.mark.parametrize("skip", [None, ["norm"]])
+def test_quantize_keeps_preprocessing_float_with_its_state_and_the_model_untouched(skip, tmp_path):
+    model = _preprocessed_model()
+    weights = [w.copy() for w in model.get_weights()]
+    config = model.to_json()
+    ids = [id(l) for l in model.layers]
+    q = mq.quantize(model, scheme="int8", skip=skip)
+    kinds = {l.name: type(l).__name__ for l in q.layers}
+    assert kinds["scale"] == "Rescaling" and kinds["norm"] == "Normalization"
+    np.testing.assert_allclose(np.ravel(q.get_layer("norm").mean),
+                               np.ravel(model.get_layer("norm").mean), rtol=1e-6)
+    x = digits(32)[0][:, :8, :8] * 16.0
+    np.testing.assert_allclose(q.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=0.15)  # int8 fake quantization, untrained ranges
+    path = str(tmp_path / "q.h5")
+    q.save(path)
+    np.testing.assert_allclose(mntk.load_model(path).predict(x, verbose=0),
+                               q.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    for a, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    assert model.to_json() == config and [id(l) for l in model.layers] == ids

@@ -155,6 +155,27 @@ def freeze_backbone(multi, bn_trainable=False):
 _freeze = freeze_backbone  # compile_exits' argument shadows the name
 
 
+def _from_logits(loss):
+    loss = keras.losses.get(loss)
+    config = loss.get_config() if hasattr(loss, "get_config") else {}
+    return bool(config.get("from_logits", getattr(loss, "from_logits", False)))
+
+
+def _refuse_softmax_outputs(multi, losses):
+    """A softmax output with a from-logits loss trains on probabilities as if
+    they were logits, silently wrong: refuse it with the fix."""
+    from mntk.prepare import softmax_head
+    for index, (name, loss) in enumerate(zip(multi.output_names, losses)):
+        head = softmax_head(multi, index)
+        if head and _from_logits(loss):
+            raise ValueError(
+                f"compile_exits: output {name!r} of {multi.name!r} is the softmax of "
+                f"layer {head[0].name!r} but its loss takes logits. Build the model "
+                "with mntk.early_exit.add_exits (it outputs the logits), or rewire it "
+                "with mntk.prepare.to_logits(multi), or give that output a loss with "
+                "from_logits=False.")
+
+
 def compile_exits(multi, optimizer="adam", loss=None, exit_weights=None,
                   metrics=("accuracy",), freeze_backbone=False,
                   bn_trainable=False, **compile_kwargs):
@@ -173,8 +194,11 @@ def compile_exits(multi, optimizer="adam", loss=None, exit_weights=None,
       freeze_backbone: train only the heads (OSI-AI); see ``freeze_backbone``.
       bn_trainable: with ``freeze_backbone``, keep backbone BN layers training.
 
-    Returns ``multi``, compiled. The loss weights are reachable as
-    ``[l.weight for l in multi.loss]``.
+    Returns ``multi``, compiled (compiling, and ``freeze_backbone``, change
+    ``multi`` in place; ``add_exits`` gives it its own copy of the backbone, so
+    the model the exits were added to is not affected). The loss weights are
+    reachable as ``[l.weight for l in multi.loss]``. An output that applies
+    softmax, with a loss that takes logits, is refused.
     """
     structure = graph.exit_structure(multi)
     names = list(multi.output_names)
@@ -208,6 +232,7 @@ def compile_exits(multi, optimizer="adam", loss=None, exit_weights=None,
         raise ValueError(
             f"compile_exits: exit_weights {weights} must be {n_outputs} finite "
             f"numbers, one per output {names}.")
+    _refuse_softmax_outputs(multi, losses)
     wrapped = [ExitWeightedLoss(l, w, name=f"{name}_weighted")
                for l, w, name in zip(losses, weights, names)]
     if ramp is not None:

@@ -107,7 +107,11 @@ class Distillation(keras.losses.Loss):
 
     ``y_true`` are integer labels; the teacher's logits are computed from the
     inputs beforehand: fit on ``y_true`` of shape (batch, classes + 1) =
-    [label, teacher logits...], built by ``loss.targets(x, y)``.
+    [label, teacher logits...], built by ``loss.targets(x, y)``. A teacher
+    whose output is a softmax (a ``keras.applications`` classifier) is rewired
+    to its logits (``mntk.prepare.to_logits``, same weights): softening its
+    probabilities again with T would be wrong. The student's predictions must
+    be logits (``from_logits=True``), e.g. the QAT copy of a to_logits model.
     """
 
     def __init__(self, teacher=None, temperature=4.0, alpha=0.5, from_logits=True,
@@ -115,6 +119,10 @@ class Distillation(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"Distillation: alpha={alpha!r} must be in [0, 1].")
+        if isinstance(teacher, keras.Model) and getattr(teacher, "_is_graph_network", False):
+            from mntk.prepare import softmax_head, to_logits
+            if softmax_head(teacher):
+                teacher = to_logits(teacher)
         self.teacher = teacher
         self.temperature = float(temperature)
         self.alpha = float(alpha)
