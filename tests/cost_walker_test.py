@@ -250,3 +250,22 @@ def test_quantizer_without_bits_is_an_error():
     from mntk.cost.wrappers import quantizer_bits
     with pytest.raises(TypeError, match="object.*'fc'.*cost_bits.*num_bits"):
         quantizer_bits(object(), {}, "weight 'kernel' of layer 'fc'")
+
+
+def test_layer_rows_recount_a_kernel_at_its_channel_bits():
+    """layer_rows' documented fields give back each kernel row's mults and ops."""
+    inputs = keras.Input((5,))
+    dense = tfq.quantize_annotate_layer(L.Dense(3, use_bias=False, name="fc"),
+                                        KernelOnlyConfig())
+    annotated = keras.Model(inputs, dense(inputs))
+    with tfq.quantize_scope({"KernelOnlyConfig": KernelOnlyConfig,
+                             "FakeChannelQuantizer": FakeChannelQuantizer}):
+        q = tfq.quantize_apply(annotated)
+    rows = mntk.cost.layer_rows(q)
+    [row] = [r for r in rows if r.channels]
+    np.testing.assert_array_equal(row.channel_bits, [2.0, 4.0, 8.0])
+    assert (row.spatial, row.input_bits, row.channels) == (1, 8.0, 3)
+    per_channel = row.channel_values * row.spatial
+    assert row.mults == per_channel.sum()
+    mult_ops = (per_channel * np.maximum(row.channel_bits, row.input_bits)).sum() / 32
+    assert row.mult_ops == pytest.approx(mult_ops)

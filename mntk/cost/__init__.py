@@ -15,7 +15,7 @@ from mntk.cost.baselines import BASELINES, Baseline
 from mntk.cost.profiles import PROFILES, CountingProfile, get_profile, register_profile
 from mntk.cost.report import CostReport, LayerCost
 from mntk.cost.rules import ACTIVATION_COSTS, CostContext, register_rule
-from mntk.cost.walker import estimate
+from mntk.cost.walker import estimate, layer_rows
 from mntk.cost.layer_rules import register_tf_op
 
 
@@ -27,7 +27,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'mntk.cost' has no attribute {name!r}")
 
 
-__all__ = ["estimate", "CostReport", "LayerCost", "BASELINES", "Baseline",
+__all__ = ["estimate", "layer_rows", "CostReport", "LayerCost", "BASELINES", "Baseline",
            "register_rule", "CostContext", "ACTIVATION_COSTS", "CostLogger",
            "CountingProfile", "PROFILES", "register_profile", "get_profile",
            "register_tf_op"]

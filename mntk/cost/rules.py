@@ -79,8 +79,8 @@ def activation_name(fn, where: str) -> str:
     """Canonical name of a Keras activation (function, name or tfmot wrapper)."""
     if fn is None:
         return "linear"
-    if "QuantizeAwareActivation" in class_names(fn):
-        fn = fn.activation
+    if hasattr(fn, "quantizer") and hasattr(fn, "activation"):
+        fn = fn.activation      # tfmot's QuantizeAwareActivation wraps the real one
     if isinstance(fn, str):
         name = fn
     else:

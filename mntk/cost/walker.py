@@ -19,9 +19,10 @@ from mntk.cost.profiles import get_profile
 from mntk.cost.report import CostReport, is_finite_number
 from mntk.cost.rules import (CostContext, activation_name, passes_bits, rule_for,
                              unsupported_rule)
-from mntk.cost.wrappers import class_names, unwrap
+from mntk import wrapped
+from mntk.cost.wrappers import unwrap
 
-__all__ = ["estimate", "flatten_graph", "PROGRESS_MIN_LAYERS"]
+__all__ = ["estimate", "layer_rows", "flatten_graph", "PROGRESS_MIN_LAYERS"]
 
 PROGRESS_MIN_LAYERS = 200  # show a progress bar from this many layer calls on
 
@@ -102,8 +103,7 @@ def _propagate_shapes(model, calls, input_shape) -> Dict[int, tuple]:
     shapes = {(0, id(t)): (None,) + tuple(int(d) for d in s) for t, s in zip(model.inputs, shapes_in)}
     for call in calls:
         layer = call.layer
-        while "QuantizeWrapper" in class_names(layer) or "PruneLowMagnitude" in class_names(layer):
-            layer = layer.layer
+        layer = wrapped.unwrap(layer)
         in_shapes = [shapes[k] for k in call.inputs]
         arg = in_shapes[0] if len(in_shapes) == 1 else in_shapes
         try:
@@ -311,3 +311,26 @@ def estimate(model, *, task=None, freebie=None, accumulator_bits=None,
     return CostReport(layers=rows, exit_ops=exit_ops, exit_rates=rates, task=task,
                       freebie=bool(freebie), accumulator_bits=float(accumulator_bits),
                       model_name=model.name, conventions=profile)
+
+
+def layer_rows(model, **estimate_kwargs) -> List:
+    """The per-layer MicroNet counts of `model`: `estimate(model, ...).layers`.
+
+    The counts a differentiable score is built from (e.g. a learned-precision
+    objective). Each `LayerCost` row has `name`, `layer`, `kind`, `mults` /
+    `adds` (raw counts), `mult_terms` / `add_terms` ((count, bits) pairs),
+    `param_bits`, `exit`; a kernel row (conv / depthwise / dense, `channels`
+    > 0) also has `channel_bits` (weight bits per output channel),
+    `channel_values` (stored values per channel), `spatial` (output positions
+    per channel), `input_bits` and `encoding`. For a dense or sparse kernel
+    row (kind not ending in ":ternary" / ":binary"):
+
+      mults of channel c = channel_values[c] * spatial,
+        each at max(channel_bits[c], input_bits) bits (16 with the freebie);
+      storage = sum_c channel_values[c] * channel_bits[c] (+ the mask when
+        `encoding` is "sparse"), and the rest of `param_bits` (bias,
+        quantizer scales) does not depend on the weight bits;
+      adds are at the accumulator's bits, whatever the weight bits.
+    Keyword arguments are `estimate`'s (task, freebie, conventions, ...).
+    """
+    return list(estimate(model, **estimate_kwargs).layers)

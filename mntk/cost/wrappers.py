@@ -9,12 +9,15 @@ Quantizer protocol (shared with `mntk.quantization`):
     anything else is an error naming the quantizer class;
   * storage of a quantizer: `quantizer.cost_params(quantizer_vars)` 32-bit
     values when it has it, else every element of its variables at 32 bits.
-`PruneLowMagnitude` weights are read as kernel * mask.
+`PruneLowMagnitude` weights are read as kernel * mask. tfmot's internals are
+read only through `mntk.wrapped`.
 """
 import dataclasses
 from typing import Dict, Optional
 
 import numpy as np
+
+from mntk import wrapped
 
 __all__ = ["WeightView", "Unwrapped", "unwrap", "quantizer_bits",
            "quantizer_param_count", "class_names"]
@@ -57,12 +60,13 @@ class Unwrapped:
     quantized_bits: list = dataclasses.field(default_factory=list)  # (what, bits)
 
 
-def _short_name(variable) -> str:
-    return variable.name.split(":")[0].split("/")[-1]
-
-
-def _numpy(value) -> np.ndarray:
-    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+def quantizer_bits(quantizer, quantizer_vars, where: str):
+    """Bits of the tensor `quantizer` produces: `cost_bits(vars)` or `num_bits`
+    (`mntk.wrapped.quantizer_bits`, with the error saying it is mntk.cost's)."""
+    try:
+        return wrapped.quantizer_bits(quantizer, quantizer_vars, where)
+    except TypeError as error:
+        raise TypeError(f"mntk.cost {error}") from None
 
 
 def _variables(quantizer_vars):
@@ -77,97 +81,72 @@ def _variables(quantizer_vars):
     return [v for v in items if hasattr(v, "shape")]
 
 
-def quantizer_bits(quantizer, quantizer_vars, where: str):
-    """Bits of the tensor `quantizer` produces: `cost_bits(vars)` or `num_bits`."""
-    if hasattr(quantizer, "cost_bits"):
-        bits = quantizer.cost_bits(quantizer_vars)
-        bits = _numpy(bits).astype(np.float64)
-        return float(bits) if bits.ndim == 0 else bits
-    if getattr(quantizer, "num_bits", None) is not None:
-        return float(quantizer.num_bits)
-    raise TypeError(
-        f"mntk.cost cannot tell the bits of quantizer {type(quantizer).__name__} "
-        f"on {where}: it has neither a `cost_bits(quantizer_vars)` method nor a "
-        "`num_bits` attribute. Add `cost_bits` to the quantizer (see "
-        "mntk.cost.wrappers).")
-
-
 def quantizer_param_count(quantizer, quantizer_vars) -> float:
     """32-bit values the quantizer keeps for inference."""
     if hasattr(quantizer, "cost_params"):
-        return float(_numpy(quantizer.cost_params(quantizer_vars)))
+        return float(np.asarray(quantizer.cost_params(quantizer_vars)))
     return float(sum(int(np.prod(v.shape)) for v in _variables(quantizer_vars)))
-
-
-def _is_no_quantizer(quantizer) -> bool:
-    return quantizer is None or "NoQuantizer" in class_names(quantizer)
 
 
 def _max_bits(bits) -> float:
     return float(np.max(bits))
 
 
+def _add_tensor_quantizer(unwrapped, quantizer, variables, what, sets_output):
+    unwrapped.extra_param_bits += 32.0 * quantizer_param_count(quantizer, variables)
+    bits = _max_bits(quantizer_bits(quantizer, variables, what))
+    unwrapped.quantized_bits.append((what, bits))
+    if sets_output:
+        unwrapped.output_bits = bits
+
+
 def unwrap(layer) -> Unwrapped:
-    """Peel tfmot `PruneLowMagnitude` / `QuantizeWrapper` off `layer`."""
-    names = class_names(layer)
-    if "PruneLowMagnitude" in names:
+    """Peel tfmot `PruneLowMagnitude` / `QuantizeWrapper` off `layer`
+    (through `mntk.wrapped`, the one reader of tfmot's internals)."""
+    if wrapped.is_prune_wrapper(layer):
         inner = unwrap(layer.layer)
-        for weight, mask, _threshold in layer.pruning_vars:
-            key = _short_name(weight)
+        block = tuple(int(d) for d in getattr(layer, "block_size", (1, 1)))
+        for key, mask in wrapped.masks(layer).items():
             view = inner.weights.get(key)
             if view is None:
                 continue
-            view.values = view.values * _numpy(mask)
-            block = tuple(int(d) for d in getattr(layer, "block_size", (1, 1)))
+            view.values = view.values * mask
             if block != (1, 1):
                 view.block_shape = block
         return inner
-    if "QuantizeWrapper" in names:
+    if wrapped.is_quantize_wrapper(layer):
         inner = unwrap(layer.layer)
         where = f"layer {layer.name!r}"
-        for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
-            key = _short_name(weight)
-            if _is_no_quantizer(quantizer):
+        for weight in wrapped.weight_quantizers(layer):
+            if wrapped.is_no_quantizer(weight.quantizer):
                 continue
-            values = _numpy(quantizer(weight, False, weights=qvars))
-            bits = quantizer_bits(quantizer, qvars, f"weight {key!r} of {where}")
+            key = weight.name
+            bits = quantizer_bits(weight.quantizer, weight.variables,
+                                  f"weight {key!r} of {where}")
             inner.quantized_bits.append((f"weight {key!r} of {where}", _max_bits(bits)))
             inner.weights[key] = WeightView(
-                key, values, bits, 32.0 * quantizer_param_count(quantizer, qvars),
-                hasattr(quantizer, "cost_params"))
-        for activation in getattr(layer, "_quantize_activations", []):
-            quantizer = activation.quantizer
-            if _is_no_quantizer(quantizer):
-                continue
-            for attr in ("_pre_activation_vars", "_post_activation_vars"):
-                qvars = getattr(activation, attr, None)
-                if qvars is None:
-                    continue
-                inner.extra_param_bits += 32.0 * quantizer_param_count(quantizer, qvars)
-                bits = quantizer_bits(quantizer, qvars, f"the activation of {where}")
-                inner.quantized_bits.append((f"activation of {where}", _max_bits(bits)))
-                if attr == "_post_activation_vars":
-                    inner.output_bits = _max_bits(bits)
-        quantizers = list(getattr(layer, "_output_quantizers", []) or [])
-        if quantizers and not _is_no_quantizer(quantizers[0]):
-            qvars = getattr(layer, "_output_quantizer_vars", None)
-            inner.extra_param_bits += 32.0 * quantizer_param_count(quantizers[0], qvars)
-            bits = _max_bits(quantizer_bits(quantizers[0], qvars, f"the output of {where}"))
-            inner.quantized_bits.append((f"output of {where}", bits))
-            inner.output_bits = bits
+                key, weight.effective(), bits,
+                32.0 * quantizer_param_count(weight.quantizer, weight.variables),
+                hasattr(weight.quantizer, "cost_params"))
+        for tensor in wrapped.activation_quantizers(layer):
+            if not wrapped.is_no_quantizer(tensor.quantizer):
+                _add_tensor_quantizer(inner, tensor.quantizer, tensor.variables,
+                                      f"activation of {where}",
+                                      tensor.kind == "post_activation")
+        for tensor in wrapped.output_quantizers(layer):
+            if not wrapped.is_no_quantizer(tensor.quantizer):
+                _add_tensor_quantizer(inner, tensor.quantizer, tensor.variables,
+                                      f"output of {where}", True)
         return inner
-    if "QuantizeLayer" in names:
+    if wrapped.is_quantize_layer(layer):
         unwrapped = Unwrapped(layer, {})
-        quantizer = getattr(layer, "quantizer", None)
-        if not _is_no_quantizer(quantizer):
-            qvars = getattr(layer, "quantizer_vars", None)
-            where = f"quantize layer {layer.name!r}"
-            unwrapped.extra_param_bits = 32.0 * quantizer_param_count(quantizer, qvars)
-            unwrapped.output_bits = _max_bits(quantizer_bits(quantizer, qvars, where))
-            unwrapped.quantized_bits.append((where, unwrapped.output_bits))
+        tensor = wrapped.input_quantizer(layer)
+        if tensor is not None:
+            _add_tensor_quantizer(unwrapped, tensor.quantizer, tensor.variables,
+                                  f"quantize layer {layer.name!r}", True)
         return unwrapped
     weights = {}
     for variable in layer.weights:
-        key = _short_name(variable)
-        weights.setdefault(key, WeightView(key, _numpy(variable)))
+        key = wrapped.short_name(variable)
+        weights.setdefault(key, WeightView(key, np.asarray(variable)))
     return Unwrapped(layer, weights)
