@@ -213,8 +213,12 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     so w_swa is the plain mean of the weights at those points. At the end of
     training the average replaces the weights and the BatchNorm statistics are
     recomputed with one pass over ``bn_data`` (``recompute_batch_norm``).
-    ``start`` and ``period`` are in epochs and may be fractions: Texas-EIC's
-    fine-tune averaged from 0.2 of the epoch on, every 0.1 epoch.
+    ``start`` and ``period`` are in epochs and may be fractions. Texas-EIC's
+    one-epoch fine-tune (``--swa_delay 0.2 --swa_freq 0.1``) averaged the
+    trainable variables after tenths 3..10 of the epoch (its check
+    ``delay <= epoch + k/10`` runs after tenth k+1, and skips k = 0;
+    adj_quant/scripts/trainer/trainer.py:261-286), with no BatchNorm pass:
+    ``start=0.3, period=0.1, recompute_bn=False``.
 
     Args:
       start: epochs of training before the first averaged point.
