@@ -134,6 +134,9 @@ CASES = {
     "mntk>GlobalPruning": Case(lambda: mntk.global_pruning.GlobalPruning(
         stages=[(1, 0.3), (3, 0.6)], layers=["conv"])),
     "mntk>MntkQuantizeConfig": Case(_quantize_config),
+    "mntk>StochasticWeightAveraging": Case(
+        lambda: mntk.callbacks.StochasticWeightAveraging(start=0.3, period=0.1,
+                                                         recompute_bn=False)),
 }
 
 
