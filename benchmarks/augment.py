@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 
-
 def _images_per_second(fn, n=4096, seed=0):
     import tensorflow as tf
     from mntk.data import augment as aug
