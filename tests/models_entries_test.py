@@ -296,48 +296,13 @@ def _prune_globally(model, rate, normalize=None):
 
 
 def _kaist_count(model):
-    """KAIST's own count: (params, ops) by Counting/count_hooks.py and the
-    notebook's ``micro_score`` (16-bit params and mults, adds at 32, a 1-bit
-    mask over every weight of rank >= 2, one bias per conv output channel,
-    h-swish 4 mults + 1 add, sigmoid 2 + 1, pooling H*W adds + 1 mult per
-    channel, residual adds and SE scales not counted)."""
-    try:
-        report = mntk.cost.estimate(model, task="cifar100", freebie=True,
-                                    conventions="kaist")
-        return report.params, report.ops
-    except TypeError:     # stand-in until the counting profiles land
-        pass
-    adds = mults = params = mask = 0.0
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            k = _kernel(layer).numpy()
-            depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
-            live = np.count_nonzero(k) / k.size
-            n = np.prod(layer.output_shape[1:])
-            length = k.shape[0] * k.shape[1] * (1 if depthwise else k.shape[2])
-            adds += n * (length * live - 1) + n
-            mults += n * length * live
-            params += np.count_nonzero(k) + (k.shape[2] * k.shape[3] if depthwise
-                                             else k.shape[3])
-            mask += k.size
-        elif isinstance(layer, keras.layers.Dense):
-            k = layer.kernel.numpy()
-            live = np.count_nonzero(k) / k.size
-            mults += k.size * live
-            adds += (k.shape[0] - 1) * k.shape[1] * live
-            params += np.count_nonzero(k) + k.shape[1]
-            mask += k.size
-        elif isinstance(layer, keras.layers.Activation):
-            n = np.prod(layer.output_shape[1:])
-            cost = {"hard_swish": (4, 1), "sigmoid": (2, 1)}.get(
-                layer.activation.__name__, (0, 0))
-            mults += cost[0] * n
-            adds += cost[1] * n
-        elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
-            _, h, w, c = layer.input_shape
-            mults += c
-            adds += h * w * c
-    return params / 2 + mask / 32, adds + mults / 2
+    """KAIST's own count (``conventions="kaist"``): Counting/count_hooks.py and
+    the notebook's ``micro_score`` (16-bit params and mults, adds at 32, a
+    1-bit mask over every weight of rank >= 2, one bias per conv output
+    channel, h-swish 4 mults + 1 add, sigmoid 2 + 1, residual adds and SE
+    scales not counted)."""
+    report = mntk.cost.estimate(model, task="cifar100", freebie=True, conventions="kaist")
+    return report.params, report.ops
 
 
 @pytest.mark.slow
