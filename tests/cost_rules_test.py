@@ -379,6 +379,7 @@ def test_binary_per_channel_scales_and_pruned_binary():
     assert (row.mults, row.adds) == (nnz.sum() * 9 + 27, (nnz - 1).sum() * 9)
 
 
+@pytest.mark.slow
 def test_binary_products_count_at_the_input_bits():
     """A BinaryScheme model under tfmot: int8 inputs make the +-1 products
     8-bit ops (not 1/32: int8 is two's complement, not sign-magnitude)."""
