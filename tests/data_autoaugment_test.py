@@ -173,8 +173,8 @@ _PIL_OPS = {
 }
 
 
-@pytest.mark.parametrize("name", ["fa_wresnet28x10_cifar100",
-                                  pytest.param("osi_cifar100", marks=pytest.mark.slow)])
+@pytest.mark.slow  # each policy's graph takes seconds to trace
+@pytest.mark.parametrize("name", ["fa_wresnet28x10_cifar100", "osi_cifar100"])
 def test_policy_is_the_pil_composition_of_its_draws(name):
     """Each image = the PIL operations of the drawn sub-policy, in order, with
     the entry's argument rule (read from the JSON table, not from ``Policy``)."""
