@@ -12,7 +12,7 @@
 import importlib
 
 from mntk.export.tflite import (ExportError, ExportResult, QUANTIZE_MODES,
-                                is_qat_model, to_tflite)
+                                is_pruned, is_qat_model, to_tflite)
 from mntk.export.verify import OutputParity, VerifyResult, verify
 
 _LAZY = {
@@ -22,7 +22,7 @@ _LAZY = {
 }
 
 __all__ = ["to_tflite", "verify", "ExportResult", "VerifyResult", "OutputParity",
-           "ExportError", "QUANTIZE_MODES", "is_qat_model", *_LAZY]
+           "ExportError", "QUANTIZE_MODES", "is_qat_model", "is_pruned", *_LAZY]
 
 
 def __getattr__(name):

@@ -60,3 +60,41 @@ def describe_converter_error(error, model):
         found.append((op, layer))
     return [f"op {op} in layer {layer!r}" if layer else f"op {op} (layer not identified)"
             for op, layer in dict.fromkeys(found)]
+
+
+def tensor_summary(flatbuffer):
+    """``{"sparse": n, "types": {type name: count}}`` of a TFLite file's tensors.
+
+    ``sparse`` counts tensors stored in the TFLite sparse format (a
+    ``SparsityParameters`` table: traversal order, block map and per-dimension
+    CSR-like segments/indices; converter option
+    ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``).
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.Model.GetRootAs(bytearray(flatbuffer), 0)
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    sparse, types = 0, {}
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            sparse += tensor.Sparsity() is not None
+            name = names.get(tensor.Type(), str(tensor.Type()))
+            types[name] = types.get(name, 0) + 1
+    return {"sparse": sparse, "types": types}
+
+
+def prepare_error(flatbuffer, num_threads=1):
+    """None if LiteRT prepares and runs ``flatbuffer`` with its default delegate
+    (XNNPACK) on ``num_threads`` threads, else the error's first line."""
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        interpreter = Interpreter(model_content=bytes(flatbuffer),
+                                  num_threads=num_threads)
+        interpreter.allocate_tensors()
+        for d in interpreter.get_input_details():
+            interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as e:
+        return " ".join(str(e).split())[:300] or type(e).__name__
+    return None

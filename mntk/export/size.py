@@ -5,10 +5,15 @@ all take a byte each) plus per-channel scales, the graph and metadata. The
 MicroNet rules count what a packed format would need: nonzero values at their
 bits, a 1-bit mask over a sparse tensor, each extra scale at 32 bits. That
 theoretical size is ``mntk.cost.estimate(model).param_bits / 8``;
-``size_report`` puts both side by side, per layer where it can.
+``size_report`` puts both side by side, per layer where it can, with the
+file's other encodings: dense, TFLite-sparse (``to_tflite(sparse=True)``) and
+gzip -9 of the file (what a download or an OTA update ships; zeros and the
+few distinct values of ternary/low-bit weights compress well).
 """
 import dataclasses
+import gzip
 import os
+import tempfile
 from typing import List, Optional
 
 
@@ -32,11 +37,20 @@ class SizeReport:
       float32_bytes: 4 bytes per parameter (the unquantized reference).
       ratio: tflite_bytes / packed_bytes.
       rows: per-layer packed sizes.
+      dense_bytes / sparse_bytes: the file in the dense and in the sparse
+        encoding (same quantization; the other one is re-exported when
+        ``tflite`` is an ``ExportResult``); None where not available.
+      gzip_bytes: ``gzip -9`` of the file.
+      sparse_note: why ``sparse_bytes`` is missing or equals the dense file.
     """
     tflite_bytes: Optional[int]
     packed_bytes: float
     float32_bytes: float
     rows: List[SizeRow]
+    dense_bytes: Optional[int] = None
+    sparse_bytes: Optional[int] = None
+    gzip_bytes: Optional[int] = None
+    sparse_note: str = ""
 
     @property
     def ratio(self):
@@ -46,6 +60,8 @@ class SizeReport:
     def to_dict(self):
         return {"tflite_bytes": self.tflite_bytes, "packed_bytes": self.packed_bytes,
                 "float32_bytes": self.float32_bytes, "ratio": self.ratio,
+                "dense_bytes": self.dense_bytes, "sparse_bytes": self.sparse_bytes,
+                "gzip_bytes": self.gzip_bytes, "sparse_note": self.sparse_note,
                 "layers": [dataclasses.asdict(r) | {"bits": _plain(r.bits)}
                            for r in self.rows]}
 
@@ -54,9 +70,13 @@ class SizeReport:
         for r in self.rows:
             lines.append(f"{r.layer:<28}{r.kind:<14}{_short(r.bits):>8}"
                          f"{r.sparsity:>10.2f}{r.packed_bytes:>12.1f}")
-        tfl = "-" if self.tflite_bytes is None else f"{self.tflite_bytes}"
-        lines.append(f"packed {self.packed_bytes:.0f} B, TFLite {tfl} B, "
-                     f"float32 {self.float32_bytes:.0f} B")
+        def b(v):
+            return "-" if v is None else f"{v}"
+        lines.append(f"packed {self.packed_bytes:.0f} B, TFLite {b(self.tflite_bytes)} B "
+                     f"(dense {b(self.dense_bytes)} B, sparse {b(self.sparse_bytes)} B, "
+                     f"gzip {b(self.gzip_bytes)} B), float32 {self.float32_bytes:.0f} B")
+        if self.sparse_note:
+            lines.append(f"sparse: {self.sparse_note}")
         return "\n".join(lines)
 
 
@@ -72,12 +92,16 @@ def _short(bits):
     return f"{value:.2f}" if isinstance(value, float) else value
 
 
-def size_report(model, tflite=None, **estimate_kwargs) -> SizeReport:
+def size_report(model, tflite=None, representative_data=None,
+                **estimate_kwargs) -> SizeReport:
     """Bytes of a TFLite file and the packed size of ``model`` (what cost counts).
 
     Args:
       model: the Keras model the file was exported from (QAT or float).
       tflite: a path, an ``ExportResult`` (``mntk.export.to_tflite``), or None.
+        With an ``ExportResult`` the model is also exported in the other
+        encoding (dense <-> sparse, same quantization) to fill both sizes.
+      representative_data: for that re-export of a float model to int8.
       **estimate_kwargs: passed to ``mntk.cost.estimate`` (e.g. ``freebie``).
     """
     from mntk import cost
@@ -92,9 +116,45 @@ def size_report(model, tflite=None, **estimate_kwargs) -> SizeReport:
             for r in report.layers if r.param_bits]
     params = sum(int(_count(w)) for w in model.trainable_weights
                  if not _is_quantizer_var(w))
-    return SizeReport(tflite_bytes=os.path.getsize(path) if path else None,
-                      packed_bytes=float(report.param_bits) / 8.0,
-                      float32_bytes=4.0 * params, rows=rows)
+    out = SizeReport(tflite_bytes=os.path.getsize(path) if path else None,
+                     packed_bytes=float(report.param_bits) / 8.0,
+                     float32_bytes=4.0 * params, rows=rows)
+    if path is None:
+        return out
+    with open(path, "rb") as f:
+        content = f.read()
+    out.gzip_bytes = len(gzip.compress(content, compresslevel=9, mtime=0))
+    from mntk.export.diagnostics import tensor_summary
+    is_sparse = tensor_summary(content)["sparse"] > 0
+    if is_sparse:
+        out.sparse_bytes = len(content)
+    else:
+        out.dense_bytes = len(content)
+        out.sparse_note = getattr(tflite, "sparse_note", "")
+    quantize = getattr(tflite, "quantize", None)
+    if quantize is None:
+        out.sparse_note = out.sparse_note or (
+            "pass the ExportResult of to_tflite (not a path) to get the other "
+            "encoding's size")
+        return out
+    if quantize == "int8" and not tflite.qat and representative_data is None:
+        out.sparse_note = ("the other encoding of a float model to int8 needs "
+                           "representative_data=")
+        return out
+    from mntk.export.tflite import to_tflite
+    with tempfile.TemporaryDirectory() as tmp:
+        other = to_tflite(model, os.path.join(tmp, "other.tflite"), quantize=quantize,
+                          representative_data=representative_data,
+                          inference_io=tflite.inference_io, sparse=not is_sparse,
+                          num_threads=tflite.num_threads, allow_float_ops=True,
+                          progress=False)
+    if is_sparse:
+        out.dense_bytes = other.bytes
+    elif other.sparse:
+        out.sparse_bytes = other.bytes
+    else:
+        out.sparse_note = other.sparse_note
+    return out
 
 
 def _count(weight):

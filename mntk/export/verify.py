@@ -58,6 +58,7 @@ class VerifyResult:
     path: str
     samples: int
     outputs: list
+    interpreter: dict = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, key):
         if isinstance(key, int):
@@ -92,6 +93,7 @@ class VerifyResult:
             "accuracy_tflite": self.accuracy_tflite,
             "accuracy_keras": self.accuracy_keras,
             "outputs": {o.name: o.to_dict() for o in self.outputs},
+            "interpreter": dict(self.interpreter),
         }
 
 
@@ -245,33 +247,49 @@ def _input_order(signature_inputs, input_names):
     return sorted(signature_inputs, key=key)
 
 
+DELEGATES = ("xnnpack", "none")
+
+
 def verify(tflite_path, model, data, batch_size=256, num_threads=None,
-           progress=False) -> VerifyResult:
+           progress=False, delegate="xnnpack") -> VerifyResult:
     """Compare a TFLite file (LiteRT) with ``model`` (Keras) on ``data``.
 
     Args:
       tflite_path: a file written by ``to_tflite`` (or any single-signature
-        TFLite file with the same inputs and outputs).
+        TFLite file with the same inputs and outputs), or the ``ExportResult``
+        ``to_tflite`` returned (then its ``num_threads`` is the default).
       model: the tf_keras model the file was exported from.
       data: numpy inputs x, a tuple (x, y), or a tf.data.Dataset / iterable
         yielding x or (x, y) batches. y is class ids or one-hot; for several
         outputs, a list/dict of labels per output or one array for all.
       batch_size: batch size used for numpy data.
-      num_threads: LiteRT interpreter threads (default: LiteRT's choice).
+      num_threads: LiteRT interpreter threads (default: the ExportResult's,
+        else LiteRT's choice).
       progress: show a progress bar over the samples (for large data sets).
+      delegate: "xnnpack" (default): LiteRT's default CPU set-up, the XNNPACK
+        delegate with the builtin kernels for what it does not take, as a
+        deployment runs the file; "none": LiteRT's builtin kernels only
+        (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
 
     Returns:
       VerifyResult (one OutputParity per output, in Keras output order).
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     ensure_tf_keras(model)
-    tflite_path = str(tflite_path)
+    if delegate not in DELEGATES:
+        raise ValueError(f"verify: delegate={delegate!r} is not one of {DELEGATES}.")
+    if num_threads is None:
+        num_threads = getattr(tflite_path, "num_threads", None)
+    tflite_path = str(getattr(tflite_path, "path", tflite_path))
     if not os.path.isfile(tflite_path):
         raise FileNotFoundError(
             f"verify: no TFLite file at {tflite_path!r}; write one with "
             "mntk.export.to_tflite(model, path) first.")
-    interpreter = Interpreter(model_path=tflite_path, num_threads=num_threads)
+    resolver = (OpResolverType.AUTO if delegate == "xnnpack" else
+                OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(model_path=tflite_path, num_threads=num_threads,
+                              experimental_op_resolver_type=resolver)
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
         raise ValueError(f"{tflite_path} has {len(signatures)} signatures "
@@ -329,7 +347,8 @@ def verify(tflite_path, model, data, batch_size=256, num_threads=None,
             parity.accuracy_tflite = float((t.argmax(-1) == ids).mean())
             parity.accuracy_keras = float((k.argmax(-1) == ids).mean())
         outputs.append(parity)
-    return VerifyResult(path=tflite_path, samples=outputs[0].samples, outputs=outputs)
+    return VerifyResult(path=tflite_path, samples=outputs[0].samples, outputs=outputs,
+                        interpreter={"delegate": delegate, "num_threads": num_threads})
 
 
 __all__ = ["verify", "VerifyResult", "OutputParity", "quantize_input",
