@@ -91,3 +91,61 @@ def test_errors(setup, tmp_path):
         export.to_tflite_staged(multi, [0.5], str(tmp_path))
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         export.StagedRunner(str(tmp_path / "nothing"))
+
+
+def _reference(outputs, thresholds, fallback):
+    """First exit whose max softmax >= its threshold; else the final output,
+    or with SDN's fallback the most confident head (first on ties)."""
+    conf = []
+    for o in outputs:
+        z = o - o.max(-1, keepdims=True)
+        conf.append(1.0 / np.exp(z).sum(-1))  # max softmax = 1 / sum exp(z - max)
+    conf = np.stack(conf)
+    n, last = conf.shape[1], len(outputs) - 1
+    stop = np.full(n, last)
+    for i in reversed(range(last)):
+        stop[conf[i] >= thresholds[i]] = i
+    answer = stop.copy()
+    if fallback == "most_confident":
+        answer = np.where(stop == last, conf.argmax(0), stop)
+    return stop, answer
+
+
+@pytest.mark.parametrize("fallback", ["final", "most_confident"])
+def test_batched_runner_equals_per_sample(setup, tmp_path, fallback):
+    multi, cal, x, _, _ = setup
+    # Per-exit thresholds: exit 0 stricter than exit 1.
+    thresholds = [max(cal.thresholds[0], 0.9), min(cal.thresholds[1], 0.6)]
+    export.to_tflite_staged(multi, thresholds, str(tmp_path), fallback=fallback,
+                            progress=False)
+    runner = export.StagedRunner(str(tmp_path), num_threads=1)
+    assert runner.fallback == fallback
+    one_logits, one_exits = runner.predict(x[:150], batch_size=1)
+    one_answers = runner.answer_index.copy()
+    for batch_size in (37, 64, 1000):
+        logits, exits = runner.predict(x[:150], batch_size=batch_size)
+        np.testing.assert_array_equal(exits, one_exits)
+        np.testing.assert_array_equal(runner.answer_index, one_answers)
+        np.testing.assert_allclose(logits, one_logits, rtol=1e-5, atol=1e-5)
+        assert len(runner.latencies_ms) == 150
+    dense = [np.asarray(o) for o in multi.predict(x[:150], verbose=0)]
+    stop, answer = _reference(dense, thresholds, fallback)
+    np.testing.assert_array_equal(one_exits, stop)
+    np.testing.assert_array_equal(one_answers, answer)
+    np.testing.assert_allclose(one_logits, np.stack(dense)[answer, np.arange(150)],
+                               rtol=1e-4, atol=1e-4)
+    if fallback == "most_confident":
+        assert np.any(answer != stop)  # the fallback did change some answers
+    keras_runner = EarlyExitRunner(multi, thresholds, fallback=fallback)
+    keras_logits, keras_exits = keras_runner.predict(x[:150], batch_size=64)
+    np.testing.assert_array_equal(keras_exits, stop)
+    np.testing.assert_array_equal(keras_runner.answer_index, answer)
+    np.testing.assert_allclose(keras_logits, one_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_powers_of_two_decomposition():
+    from mntk.export.staged import _powers_of_two
+    for m in (1, 2, 37, 64, 255, 1000):
+        parts = _powers_of_two(m)
+        assert sum(parts) == m and parts == sorted(parts, reverse=True)
+        assert all(p & (p - 1) == 0 for p in parts) and len(set(parts)) == len(parts)

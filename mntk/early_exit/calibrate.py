@@ -9,8 +9,15 @@ passes its threshold, otherwise at the final output:
 - ``criterion="entropy"``: ``H = -sum_k p_k log p_k`` (nats), exits when
   ``H <= t``.
 
-Calibration uses one threshold shared by all exits (SDN's single q) and picks
-it for a target: an exit rate (fraction leaving before the final output), the
+A sample no exit accepts answers with the final output
+(``fallback="final"``), or, as SDN does, with the most confident of all its
+heads (``fallback="most_confident"``; it still ran every stage, so its ops are
+the final output's).
+
+Calibration uses one threshold shared by all exits (SDN's single q), or with
+``per_exit=True`` one threshold per exit chosen jointly (coordinate descent
+over each exit's candidate thresholds, started from the shared one, under
+the same target), and picks it for a target: an exit rate (fraction leaving before the final output), the
 largest ops saving whose accuracy stays within ``max_accuracy_drop`` of the
 final output's, or the best accuracy within a ``mean_ops`` budget. Mean ops =
 ``sum_i rate_i * exit_ops_i`` with ``exit_ops_i`` the ops of a sample leaving
@@ -28,10 +35,18 @@ import tensorflow as tf
 from mntk.compat import keras
 from mntk.early_exit import graph
 
-__all__ = ["CRITERIA", "confidence", "to_score", "exit_indices", "Calibration",
-           "calibrate", "collect_outputs", "evaluate"]
+__all__ = ["CRITERIA", "FALLBACKS", "confidence", "to_score", "exit_indices",
+           "answer_heads", "Calibration", "calibrate", "collect_outputs",
+           "evaluate"]
 
 CRITERIA = ("max_softmax", "entropy")
+FALLBACKS = ("final", "most_confident")
+
+
+def _check_fallback(fallback):
+    if fallback not in FALLBACKS:
+        raise ValueError(f"Unknown fallback {fallback!r}; use one of "
+                         f"{list(FALLBACKS)}.")
 
 
 def _check_criterion(criterion):
@@ -73,6 +88,25 @@ def exit_indices(exit_logits, thresholds, criterion):
     return choice
 
 
+def answer_heads(outputs, choice, criterion, fallback="final"):
+    """Index of the head whose prediction each sample returns.
+
+    ``choice``: where each sample stopped (``exit_indices``). With
+    ``fallback="most_confident"`` a sample that ran to the end
+    (``choice == len(outputs) - 1``) answers with its most confident head
+    over all outputs (the first on ties), as SDN does.
+    """
+    _check_fallback(fallback)
+    choice = np.asarray(choice)
+    if fallback == "final":
+        return choice
+    scores = np.stack([to_score(confidence(o, criterion), criterion)
+                       for o in outputs])
+    best = scores.argmax(axis=0)
+    last = len(outputs) - 1
+    return np.where(choice == last, best, choice)
+
+
 @dataclasses.dataclass
 class Calibration:
     """Thresholds and what they achieve on the calibration data."""
@@ -88,6 +122,7 @@ class Calibration:
     num_samples: int
     target: dict
     curve: Optional[list] = None    # [{threshold, exit_rate, accuracy, mean_ops}]
+    fallback: str = "final"         # or "most_confident" (SDN)
 
     @property
     def exit_rate(self):
@@ -163,16 +198,18 @@ def collect_outputs(multi, data, batch_size=256, verbose="auto"):
     return outs, _labels(np.concatenate(labels), outs[-1].shape[-1])
 
 
-def evaluate(outputs, labels, thresholds, criterion, exit_ops):
+def evaluate(outputs, labels, thresholds, criterion, exit_ops, fallback="final"):
     """Exit rates, accuracy and mean ops of given thresholds on given logits."""
     choice = exit_indices(outputs[:-1], thresholds, criterion)
-    return _summarize(outputs, labels, choice, exit_ops)
+    return _summarize(outputs, labels, choice, exit_ops,
+                      answer_heads(outputs, choice, criterion, fallback))
 
 
-def _summarize(outputs, labels, choice, exit_ops):
+def _summarize(outputs, labels, choice, exit_ops, answer=None):
     n_out = len(outputs)
     predictions = np.stack([o.argmax(-1) for o in outputs])
-    chosen = predictions[choice, np.arange(len(labels))]
+    answer = choice if answer is None else answer
+    chosen = predictions[answer, np.arange(len(labels))]
     rates = np.bincount(choice, minlength=n_out) / len(labels)
     mean_ops = float(np.dot(rates, exit_ops)) if exit_ops is not None else None
     return {"exit_rates": rates.tolist(),
@@ -196,11 +233,44 @@ def _ops(multi):
     return exit_ops, float(cost.estimate(backbone).ops)
 
 
+def _joint(outcome, qs, candidates, targets, final_accuracy, tolerance, n):
+    """Coordinate descent of per-exit score thresholds under one target."""
+    (kind, goal), = targets.items()
+    if kind == "exit_rate":
+        tolerance = max(tolerance, 0.5 / n)
+
+        def key(r):  # feasible first, then accuracy, then fewer ops
+            rate = 1.0 - r["exit_rates"][-1]
+            return (abs(rate - goal) <= tolerance, r["accuracy"], -r["mean_ops"])
+    elif kind == "max_accuracy_drop":
+        floor = final_accuracy - goal - 1e-12
+
+        def key(r):
+            return (r["accuracy"] >= floor, -r["mean_ops"], r["accuracy"])
+    else:
+        def key(r):
+            return (r["mean_ops"] <= goal, r["accuracy"], -r["mean_ops"])
+    best = key(outcome(qs))
+    for _ in range(4):  # sweeps; each move strictly improves the key
+        moved = False
+        for i, cands in enumerate(candidates):
+            for c in cands:
+                trial = qs.copy()
+                trial[i] = c
+                k = key(outcome(trial))
+                if k > best:
+                    best, qs, moved = k, trial, True
+        if not moved:
+            break
+    return qs
+
+
 def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
               max_accuracy_drop=None, mean_ops=None, curve=False,
               batch_size=256, exit_ops=None, baseline_ops=None,
-              max_candidates=2000, verbose="auto"):
-    """Chooses one shared exit threshold on ``data`` for exactly one target.
+              max_candidates=2000, verbose="auto", per_exit=False,
+              fallback="final", rate_tolerance=0.01):
+    """Chooses exit thresholds on ``data`` for exactly one target.
 
     Args:
       multi: a multi-exit model (``add_exits``).
@@ -212,10 +282,21 @@ def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
       mean_ops: ops budget; best accuracy with mean ops <= it.
       curve: also return the swept trade-off curve.
       exit_ops, baseline_ops: override the ``mntk.cost`` counts.
+      per_exit: one threshold per exit, chosen jointly: starting from the
+        shared threshold, each exit's threshold in turn moves to the candidate
+        that best serves the target while the others stay (sweeps until no
+        move helps): ``exit_rate``: the best accuracy with the exit rate
+        within ``rate_tolerance`` of the target; ``max_accuracy_drop``: the
+        fewest mean ops within the drop; ``mean_ops``: the best accuracy
+        within the budget. Never worse on ``data`` than the shared threshold.
+      fallback: "final" or "most_confident" (SDN): what a sample no exit
+        accepts answers with; calibration scores accuracy the same way.
+      rate_tolerance: allowed |exit rate - target| for ``per_exit``.
 
     Returns a ``Calibration``.
     """
     _check_criterion(criterion)
+    _check_fallback(fallback)
     targets = {k: v for k, v in (("exit_rate", exit_rate),
                ("max_accuracy_drop", max_accuracy_drop), ("mean_ops", mean_ops))
                if v is not None}
@@ -247,9 +328,12 @@ def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
         return float(q if criterion == "max_softmax" else -q)
 
     def outcome(q):
+        # q: one shared score threshold, or one per exit (a column vector).
+        q = np.asarray(q, np.float64).reshape(-1, 1)
         choice = np.where(scores >= q, np.arange(len(scores))[:, None],
                           len(scores)).min(axis=0)
-        return _summarize(outputs, labels, choice, exit_ops)
+        return _summarize(outputs, labels, choice, exit_ops,
+                          answer_heads(outputs, choice, criterion, fallback))
 
     sweep = None
     if curve or exit_rate is None:
@@ -283,12 +367,17 @@ def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
                 f"cheapest on this data is {cheapest:.6g} (everything exiting as "
                 "early as it can). Raise the budget or add an earlier exit.")
         q = max(ok, key=lambda r: (r["accuracy"], -r["mean_ops"]))["_q"]
-    result = outcome(q)
+    qs = np.full(structure.num_exits, q, np.float64)
+    if per_exit and structure.num_exits > 1:
+        qs = _joint(outcome, qs, [_candidates(s, max(50, max_candidates // 10))
+                                  for s in scores], targets, final_accuracy,
+                    rate_tolerance, n)
+    result = outcome(qs)
     for row in sweep or []:
         row.pop("_q")
-    threshold = natural(q)
     return Calibration(
-        criterion=criterion, thresholds=[threshold] * structure.num_exits,
+        criterion=criterion, fallback=fallback,
+        thresholds=[natural(v) for v in qs],
         exit_rates=result["exit_rates"], accuracy=result["accuracy"],
         final_accuracy=final_accuracy, exit_ops=exit_ops,
         baseline_ops=float(baseline_ops), mean_ops=result["mean_ops"],

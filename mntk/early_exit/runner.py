@@ -13,7 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from mntk.early_exit import graph
-from mntk.early_exit.calibrate import Calibration, confidence, to_score, _check_criterion
+from mntk.early_exit.calibrate import (Calibration, confidence, to_score,
+                                       _check_criterion, _check_fallback)
 
 __all__ = ["EarlyExitRunner", "resolve_thresholds"]
 
@@ -85,14 +86,24 @@ class EarlyExitRunner(ExitStatistics):
       thresholds: a ``Calibration`` or one threshold per exit.
       criterion: ``"max_softmax"`` or ``"entropy"`` (from the Calibration if
         one is given).
+      fallback: ``"final"`` (a sample no exit accepts answers with the final
+        output) or ``"most_confident"`` (SDN: its most confident head over
+        all outputs, the first on ties); default: the Calibration's, else
+        ``"final"``.
+
+    ``predict`` returns the logits each sample answers with and
+    ``exit_index``, the output where it stopped (what ``mntk.cost`` counts);
+    ``answer_index`` is the head whose logits were returned.
 
     After ``predict``: ``exit_histogram`` (samples per output),
     ``exit_rates``, ``latencies_ms`` (per sample: time from its batch's start
     until its exit segment finished) and ``latency_stats()``.
     """
 
-    def __init__(self, multi, thresholds, criterion=None):
+    def __init__(self, multi, thresholds, criterion=None, fallback=None):
         self.multi = multi
+        self.fallback = fallback or getattr(thresholds, "fallback", "final")
+        _check_fallback(self.fallback)
         self.segments, structure = graph.build_segments(multi)
         self.num_exits = structure.num_exits
         self.routes = structure.routes
@@ -110,10 +121,13 @@ class EarlyExitRunner(ExitStatistics):
         self.exit_histogram = np.zeros(self.num_exits + 1, dtype=np.int64)
         self.latencies_ms = np.zeros(0)
         self.exit_index = np.zeros(0, dtype=np.int64)
+        self.answer_index = np.zeros(0, dtype=np.int64)
 
     def _run_batch(self, x):
         n = len(x)
         logits_out, exits = None, np.full(n, self.num_exits, dtype=np.int64)
+        answers = np.full(n, self.num_exits, dtype=np.int64)
+        best = np.full(n, -np.inf) if self.fallback != "final" else None
         latency = np.zeros(n)
         active = np.arange(n)
         features = [tf.convert_to_tensor(x)]
@@ -124,13 +138,23 @@ class EarlyExitRunner(ExitStatistics):
             logits = outs[0].numpy()
             if logits_out is None:
                 logits_out = np.zeros((n,) + logits.shape[1:], logits.dtype)
-            if i < self.num_exits:
-                score = to_score(confidence(logits, self.criterion), self.criterion)
-                done = score >= self._score_thresholds[i]
-            else:
-                done = np.ones(len(active), dtype=bool)
+            last = i == self.num_exits
+            score = (to_score(confidence(logits, self.criterion), self.criterion)
+                     if not last or best is not None else None)
+            done = (np.ones(len(active), dtype=bool) if last
+                    else score >= self._score_thresholds[i])
             finished = active[done]
-            logits_out[finished] = logits[done]
+            if best is None:
+                logits_out[finished] = logits[done]
+                answers[finished] = i
+            else:
+                # SDN: keep each sample's most confident head so far; one that
+                # exits answers with the head it exits at.
+                better = score > best[active]
+                rows = better if last else (better | done)
+                logits_out[active[rows]] = logits[rows]
+                answers[active[rows]] = i
+                best[active[better]] = score[better]
             exits[finished] = i
             latency[finished] = (time.perf_counter() - start) * 1e3
             if done.all():
@@ -139,6 +163,7 @@ class EarlyExitRunner(ExitStatistics):
             features = [tf.gather(f, keep) for f in graph.route(
                 self.routes[i], features, list(outs[1:]))]
             active = active[keep]
+        self._answers.append(answers)
         return logits_out, exits, latency
 
     def predict(self, x, batch_size=256):
@@ -156,12 +181,14 @@ class EarlyExitRunner(ExitStatistics):
             self._forward[-1](features)
             self._warm = True
         logits, exits, latency = [], [], []
+        self._answers = []
         for i in range(0, len(x), batch_size):
             lo, ex, la = self._run_batch(x[i:i + batch_size])
             logits.append(lo)
             exits.append(ex)
             latency.append(la)
         self._record(np.concatenate(exits), np.concatenate(latency))
+        self.answer_index = np.concatenate(self._answers)
         return np.concatenate(logits), self.exit_index
 
     def mean_cost(self, **estimate_kwargs):
