@@ -27,6 +27,7 @@ import numpy as np
 
 from mntk.compat import ensure_tf_keras
 from mntk.early_exit.runner import ExitStatistics
+from mntk.export.verify import dequantize_output, quantize_input
 
 __all__ = ["to_tflite_staged", "StagedRunner", "MANIFEST", "FORMAT"]
 
@@ -196,8 +197,31 @@ class StagedRunner(ExitStatistics):
         self.answer_index = np.zeros(0, dtype=np.int64)
 
     def _scores(self, logits):
+        if self.criterion == "max_softmax":
+            # max_k softmax(z)_k = 1 / sum_k exp(z_k - max z): one exp pass,
+            # in float64 like mntk.early_exit.calibrate.confidence.
+            z = logits.astype(np.float64)
+            return 1.0 / np.exp(z - z.max(axis=-1, keepdims=True)).sum(axis=-1)
         from mntk.early_exit.calibrate import confidence, to_score
         return to_score(confidence(logits, self.criterion), self.criterion)
+
+    def _run_one(self, x):
+        """One sample (batch 1): ``(logits row, stop stage, answer head)``."""
+        features = [x]
+        best, best_logits, answer = -np.inf, None, self.num_exits
+        for i, stage in enumerate(self.stages):
+            logits, new = stage.run(features)
+            if i == self.num_exits and self.fallback == "final":
+                return logits[0], i, i
+            score = float(self._scores(logits)[0])
+            if i < self.num_exits and score >= self._score_thresholds[i]:
+                return logits[0], i, i
+            if score > best:
+                best, best_logits, answer = score, logits[0], i
+            if i == self.num_exits:
+                return best_logits, i, answer
+            features = stage.next_inputs(features, new)
+        raise AssertionError("the last stage always returns")
 
     def _run_batch(self, x, logits_out, exits, answers):
         """Runs ``x`` (n samples) through the stages; fills the outputs."""
@@ -268,6 +292,14 @@ class StagedRunner(ExitStatistics):
                 warm.add(size)
             size *= 2
         clock = time.perf_counter
+        if batch_size == 1:
+            for j in range(n):
+                t0 = clock()
+                logits_out[j], exits[j], answers[j] = self._run_one(x[j:j + 1])
+                latency[j] = (clock() - t0) * 1e3
+            self._record(exits, latency)
+            self.answer_index = answers
+            return logits_out, self.exit_index
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             t0 = clock()
@@ -348,7 +380,6 @@ class _Stage:
         return entry
 
     def _invoke(self, features, lo, hi):
-        from mntk.export.verify import dequantize_output, quantize_input
         interpreter, in_views, out_views = self._for_size(hi - lo)
         for d, view, value in zip(self.inputs, in_views, features):
             view()[...] = (value[lo:hi] if self._float_in
@@ -361,13 +392,11 @@ class _Stage:
     def run(self, features):
         """``(exit logits, new feature outputs)`` as float arrays (copies)."""
         m = len(features[0])
-        parts = _powers_of_two(m)
-        if len(parts) == 1:
-            outs = self._invoke(features, 0, m)
-            outs = [np.array(o) for o in outs]
+        if m & (m - 1) == 0:  # a power of two: one invoke
+            outs = [np.array(o) for o in self._invoke(features, 0, m)]
         else:
             outs, lo = None, 0
-            for size in parts:
+            for size in _powers_of_two(m):
                 got = self._invoke(features, lo, lo + size)
                 if outs is None:
                     outs = [np.empty((m,) + o.shape[1:], np.float32) for o in got]
@@ -375,6 +404,7 @@ class _Stage:
                     acc[lo:lo + size] = o
                 lo += size
         return outs[0], outs[1:]
+
 
     def __call__(self, features):
         return self.run(features)

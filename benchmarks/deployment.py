@@ -1,0 +1,257 @@
+"""Deployment figures (issue 16): what a shipped LiteRT file gains from int8,
+sparsity, early exit and ternary weights, on a real-sized model and on the
+small digits CNN.
+
+Models: ``keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
+classes=100, weights=None)`` (random weights; where sparsity applies, every
+1x1 conv and the Dense kernel magnitude-pruned to 75% zeros) and
+``mntk.models.digits_cnn`` (16x16). LiteRT with its default XNNPACK delegate,
+one thread, batch 1; each latency is the median of ``INVOKES`` timed invokes
+after ``WARMUP`` untimed ones. Random weights and inputs do not change which
+kernels run or how long they take. The machine is shared: repeat a run before
+reading much into a 10% difference.
+
+One JSON line per figure; ``model`` says which network, ``precision`` which
+quantization. Targets (issue 16, MobileNetV2-0.35): int8_over_float_latency
+<= 0.6, float sparse_over_dense_bytes <= 0.5 and sparse_over_dense_latency <=
+0.7, staged_over_full_latency at exit rate 0.5 <= 0.75,
+learned_qat_step_over_int8 <= 1.3.
+"""
+import os
+import tempfile
+import time
+
+import numpy as np
+
+WARMUP = 10
+INVOKES = 40
+MOBILENET = "mobilenetv2_0.35_96"
+_CACHE = {}
+
+
+def _keras():
+    from mntk.compat import keras
+    return keras
+
+
+def _mobilenet():
+    keras = _keras()
+    keras.utils.set_random_seed(0)
+    return keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
+                                          classes=100, weights=None)
+
+
+def _digits():
+    keras = _keras()
+    import mntk
+    keras.utils.set_random_seed(0)
+    return mntk.models.digits_cnn(input_shape=(16, 16, 1))
+
+
+def _prune(model, fraction=0.75):
+    """Magnitude-prune every 1x1 Conv2D and Dense kernel to ``fraction`` zeros
+    (per layer), the layers tfmot pruning targets in a MobileNet."""
+    keras = _keras()
+    for layer in model.layers:
+        conv1x1 = (type(layer) is keras.layers.Conv2D and layer.kernel_size == (1, 1))
+        if conv1x1 or isinstance(layer, keras.layers.Dense):
+            weights = layer.get_weights()
+            kernel = weights[0]
+            cut = np.sort(np.abs(kernel).ravel())[int(fraction * kernel.size)]
+            weights[0] = np.where(np.abs(kernel) < cut, 0.0, kernel).astype(kernel.dtype)
+            layer.set_weights(weights)
+    return model
+
+
+def _inputs(model, n, seed=0):
+    shape = tuple(model.input_shape[1:])
+    return np.random.default_rng(seed).uniform(-1, 1, (n,) + shape).astype(np.float32)
+
+
+def _latency_ms(path_or_content, sample, delegate="xnnpack"):
+    """Median of INVOKES batch-1 invokes after WARMUP, one thread."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    resolver = (OpResolverType.AUTO if delegate == "xnnpack"
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    kwargs = ({"model_content": path_or_content}
+              if isinstance(path_or_content, (bytes, bytearray))
+              else {"model_path": str(path_or_content)})
+    interpreter = Interpreter(num_threads=1, experimental_op_resolver_type=resolver,
+                              **kwargs)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], sample[:1].astype(detail["dtype"]))
+    for _ in range(WARMUP):
+        interpreter.invoke()
+    times = []
+    for _ in range(INVOKES):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def _int8_vs_float(model, label, tmp):
+    from mntk.export import to_tflite
+    data = _inputs(model, 100)
+    f = to_tflite(model, os.path.join(tmp, f"{label}_float.tflite"), sparse=False,
+                  progress=False)
+    q = to_tflite(model, os.path.join(tmp, f"{label}_int8.tflite"), quantize="int8",
+                  representative_data=data, sparse=False, progress=False)
+    float_ms, int8_ms = _latency_ms(f.path, data), _latency_ms(q.path, data)
+    extra = {"model": label, "float_ms": float_ms, "int8_ms": int8_ms,
+             "float_bytes": f.bytes, "int8_bytes": q.bytes, "invokes": INVOKES}
+    return [{"name": "int8_over_float_latency", "value": int8_ms / float_ms,
+             "unit": "ratio", **extra,
+             **({"target": 0.6} if label == MOBILENET else {})},
+            {"name": "int8_over_float_bytes", "value": q.bytes / f.bytes,
+             "unit": "ratio", "model": label}]
+
+
+def _sparse_vs_dense(model, label, tmp):
+    """Pruned model: dense vs sparse-encoded file, float and int8."""
+    from mntk.export import to_tflite
+    from mntk.export.tflite import _convert, serving_function
+    model = _prune(model)
+    data = _inputs(model, 100)
+    rows = []
+    for precision, quantize in (("float", "none"), ("int8", "int8")):
+        rep = data if quantize == "int8" else None
+        dense = to_tflite(model, os.path.join(tmp, f"{label}_{precision}_dense.tflite"),
+                          quantize=quantize, representative_data=rep, sparse=False,
+                          progress=False)
+        sparse = to_tflite(model, os.path.join(tmp, f"{label}_{precision}_sparse.tflite"),
+                           quantize=quantize, representative_data=rep, sparse=True,
+                           progress=False)
+        dense_ms = _latency_ms(dense.path, data)
+        extra = {"model": label, "precision": precision, "sparsity": 0.75,
+                 "dense_bytes": dense.bytes, "dense_ms": dense_ms}
+        if sparse.sparse:
+            sparse_ms, sparse_bytes = _latency_ms(sparse.path, data), sparse.bytes
+            extra.update(sparse_bytes=sparse_bytes, sparse_ms=sparse_ms,
+                         delegate="xnnpack")
+        else:
+            # to_tflite wrote the dense file (LiteRT/XNNPACK cannot run the
+            # sparse one); measure the sparse encoding itself for the record,
+            # on the builtin kernels, and say so.
+            function = serving_function(model)[0]
+            content = _convert(model, function, quantize, False, rep, "float", 500,
+                               True)
+            sparse_bytes = len(content)
+            sparse_ms = _latency_ms(content, data, delegate="none")
+            extra.update(sparse_bytes=sparse_bytes, sparse_ms=sparse_ms,
+                         delegate="none (builtin kernels; XNNPACK cannot run it)",
+                         exported_dense_because=sparse.sparse_note,
+                         dense_builtin_ms=_latency_ms(dense.path, data,
+                                                      delegate="none"))
+        targets = ({"latency_target": 0.7, "bytes_target": 0.5}
+                   if precision == "float" and label == MOBILENET else {})
+        rows.append({"name": "sparse_over_dense_latency",
+                     "value": sparse_ms / dense_ms, "unit": "ratio", **extra,
+                     **({"target": targets["latency_target"]} if targets else {})})
+        rows.append({"name": "sparse_over_dense_bytes",
+                     "value": sparse_bytes / dense.bytes, "unit": "ratio",
+                     "model": label, "precision": precision,
+                     **({"target": targets["bytes_target"]} if targets else {})})
+    return rows
+
+
+def _staged_vs_full(model, label, tmp, at, rates=(0.3, 0.5, 0.8), samples=60):
+    """Per-sample latency of the staged early-exit files over the full model's,
+    thresholds set on random inputs for each exit rate."""
+    import mntk
+    from mntk import early_exit as ee
+    from mntk.export import StagedRunner, to_tflite, to_tflite_staged
+    keras = _keras()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropped final softmax
+        multi = ee.add_exits(model, at=[at], head="linear")
+    backbone = keras.Model(multi.inputs, multi.outputs[-1])
+    data = _inputs(model, samples, seed=1)
+    labels = np.zeros(samples, np.int64)  # exit rate targets ignore labels
+    full = to_tflite(backbone, os.path.join(tmp, f"{label}_full.tflite"),
+                     sparse=False, progress=False)
+    full_ms = _latency_ms(full.path, data)
+    rows = []
+    for rate in rates:
+        cal = ee.calibrate(multi, (data, labels), exit_rate=rate, verbose=0,
+                           exit_ops=[1.0, 2.0], baseline_ops=2.0)
+        directory = os.path.join(tmp, f"{label}_staged_{rate}")
+        manifest = to_tflite_staged(multi, cal, directory, progress=False,
+                                    sparse=False)
+        runner = StagedRunner(directory, num_threads=1)
+        runner.predict(data[:4])  # interpreters and delegates set up
+        means = []
+        for _ in range(3):  # median of three passes over the samples
+            runner.predict(data, batch_size=1)
+            means.append(float(np.mean(runner.latencies_ms)))
+        staged_ms = float(np.median(means))
+        batched = runner.predict(data, batch_size=len(data))
+        batched_ms = float(np.mean(runner.latencies_ms))
+        rows.append({
+            "name": "staged_over_full_latency", "value": staged_ms / full_ms,
+            "unit": "ratio", "model": label, "exit_rate_target": rate,
+            "exit_rate": 1.0 - runner.exit_rates[-1], "staged_ms": staged_ms,
+            "full_ms": full_ms, "exit_at": at,
+            "stage_bytes": [s["bytes"] for s in manifest["stages"]],
+            "batched_staged_ms_per_sample": batched_ms,
+            **({"target": 0.75} if rate == 0.5 and label == MOBILENET else {})})
+        del batched
+    del mntk
+    return rows
+
+
+def _ternary_bytes(tmp):
+    """Ternary (TTQ) digits CNN: TFLite int8 file bytes over the packed size
+    ``mntk.cost`` counts (and over gzip of the file)."""
+    import mntk.quantization as mq
+    from mntk.export import size_report, to_tflite
+    model = mq.quantize(_digits(), scheme=mq.TernaryScheme())
+    result = to_tflite(model, os.path.join(tmp, "ternary.tflite"), quantize="int8",
+                       progress=False)
+    report = size_report(model, result)
+    return [{"name": "ternary_tflite_over_packed_bytes", "value": report.ratio,
+             "unit": "ratio", "model": "digits_cnn", "tflite_bytes": report.tflite_bytes,
+             "packed_bytes": report.packed_bytes, "gzip_bytes": report.gzip_bytes,
+             "gzip_over_packed": report.gzip_bytes / report.packed_bytes}]
+
+
+def _learned_qat_ratio():
+    """helper ``learned``'s measurement when benchmarks.quantization has it,
+    else the step-time ratio measured here the simple way."""
+    from benchmarks import quantization
+    for name in ("learned_qat_step_over_int8", "learned_qat_step_ratio",
+                 "learned_step_over_int8"):
+        fn = getattr(quantization, name, None)
+        if callable(fn):
+            value = fn()
+            value = value if isinstance(value, dict) else {"value": float(value)}
+            return [{"name": "learned_qat_step_over_int8", "unit": "ratio",
+                     "target": 1.3, "source": f"benchmarks.quantization.{name}",
+                     **value}]
+    import mntk.quantization as mq
+    from _quantization_helpers import digits, tiny_model
+    x, y = digits()
+    base = quantization._step_time(mq.quantize(tiny_model(), scheme="int8"), x, y)
+    learned = quantization._step_time(
+        mq.quantize(tiny_model(), scheme=mq.LearnedPrecisionScheme(init_bits=4),
+                    skip=[]), x, y)
+    return [{"name": "learned_qat_step_over_int8", "value": learned / base,
+             "unit": "ratio", "target": 1.3, "int8_step_ms": base * 1e3,
+             "learned_step_ms": learned * 1e3, "source": "benchmarks.deployment"}]
+
+
+def bench_deployment():
+    """All issue-16 figures, MobileNetV2-0.35 first, then the digits CNN."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mntk_deploy_") as tmp:
+        rows += _int8_vs_float(_mobilenet(), MOBILENET, tmp)
+        rows += _sparse_vs_dense(_mobilenet(), MOBILENET, tmp)
+        rows += _staged_vs_full(_mobilenet(), MOBILENET, tmp, at="block_2_add")
+        rows += _int8_vs_float(_digits(), "digits_cnn", tmp)
+        rows += _sparse_vs_dense(_digits(), "digits_cnn", tmp)
+        rows += _staged_vs_full(_digits(), "digits_cnn", tmp, at="block1_out")
+        rows += _ternary_bytes(tmp)
+    rows += _learned_qat_ratio()
+    return [dict(r, cpu_count=os.cpu_count()) for r in rows]
