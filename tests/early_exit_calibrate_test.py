@@ -144,3 +144,43 @@ def test_target_errors(trained):
         calibrate(multi, data, criterion="margin", exit_rate=0.3)
     with pytest.raises(ValueError, match="Got 1 thresholds for 2 exits"):
         exit_indices([np.zeros((2, 3))] * 2, [0.5], "max_softmax")
+
+
+def _numpy_outcome(outputs, labels, thresholds, exit_ops, fallback):
+    """Exit rule and SDN fallback written out in numpy, from the outputs."""
+    conf = np.stack([softmax(o).max(-1) for o in outputs])
+    last = len(outputs) - 1
+    stop = np.full(len(labels), last)
+    for i in reversed(range(last)):
+        stop[conf[i] >= thresholds[i]] = i
+    answer = np.where(stop == last, conf.argmax(0), stop) \
+        if fallback == "most_confident" else stop
+    preds = np.stack([o.argmax(-1) for o in outputs])[answer, np.arange(len(labels))]
+    rates = np.bincount(stop, minlength=len(outputs)) / len(labels)
+    return float(np.mean(preds == labels)), rates, float(rates @ np.asarray(exit_ops))
+
+
+@pytest.mark.parametrize("fallback", ["final", "most_confident"])
+def test_per_exit_thresholds_at_least_as_good_as_shared(trained, fallback):
+    multi, data = trained
+    outputs = [np.asarray(o) for o in multi.predict(data[0], verbose=0)]
+    for target in ({"exit_rate": 0.5}, {"max_accuracy_drop": 0.01}):
+        shared = calibrate(multi, data, fallback=fallback, **target)
+        joint = calibrate(multi, data, fallback=fallback, per_exit=True, **target)
+        assert joint.fallback == fallback and len(joint.thresholds) == 2
+        acc, rates, ops = _numpy_outcome(outputs, data[1], joint.thresholds,
+                                         joint.exit_ops, fallback)
+        assert joint.accuracy == pytest.approx(acc)
+        np.testing.assert_allclose(joint.exit_rates, rates)
+        assert joint.mean_ops == pytest.approx(ops)
+        if "exit_rate" in target:
+            assert abs(joint.exit_rate - 0.5) <= 0.01 + 1e-9
+            assert joint.accuracy >= shared.accuracy
+        else:
+            assert joint.accuracy >= joint.final_accuracy - 0.01 - 1e-12
+            assert joint.mean_ops <= shared.mean_ops + 1e-9
+        shared_acc, _, _ = _numpy_outcome(outputs, data[1], shared.thresholds,
+                                          shared.exit_ops, fallback)
+        assert shared.accuracy == pytest.approx(shared_acc)
+    with pytest.raises(ValueError, match="fallback"):
+        calibrate(multi, data, exit_rate=0.5, fallback="best")

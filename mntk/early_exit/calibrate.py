@@ -323,6 +323,10 @@ def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
     scores = np.stack([to_score(confidence(o, criterion), criterion)
                        for o in outputs[:-1]])
     best = scores.max(axis=0)  # a sample exits early iff best >= q
+    # SDN fallback: the most confident of all heads (answer_heads), computed once.
+    most_confident = None if fallback == "final" else np.concatenate(
+        [scores, to_score(confidence(outputs[-1], criterion), criterion)[None]]
+    ).argmax(axis=0)
 
     def natural(q):
         return float(q if criterion == "max_softmax" else -q)
@@ -332,8 +336,9 @@ def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
         q = np.asarray(q, np.float64).reshape(-1, 1)
         choice = np.where(scores >= q, np.arange(len(scores))[:, None],
                           len(scores)).min(axis=0)
-        return _summarize(outputs, labels, choice, exit_ops,
-                          answer_heads(outputs, choice, criterion, fallback))
+        answer = (choice if most_confident is None else
+                  np.where(choice == len(scores), most_confident, choice))
+        return _summarize(outputs, labels, choice, exit_ops, answer)
 
     sweep = None
     if curve or exit_rate is None:
@@ -369,7 +374,7 @@ def calibrate(multi, data, criterion="max_softmax", exit_rate=None,
         q = max(ok, key=lambda r: (r["accuracy"], -r["mean_ops"]))["_q"]
     qs = np.full(structure.num_exits, q, np.float64)
     if per_exit and structure.num_exits > 1:
-        qs = _joint(outcome, qs, [_candidates(s, max(50, max_candidates // 10))
+        qs = _joint(outcome, qs, [_candidates(s, min(100, max_candidates))
                                   for s in scores], targets, final_accuracy,
                     rate_tolerance, n)
     result = outcome(qs)
