@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from mntk.data import image_ops as ops
 
-__all__ = ["Policy", "get", "names", "POLICY_SETS", "FAST_AUTOAUGMENT_RANGES",
+__all__ = ["Policy", "get", "get_many", "names", "POLICY_SETS", "FAST_AUTOAUGMENT_RANGES",
            "AUTOAUGMENT_RANGES", "OPERATIONS", "resolve"]
 
 #: Every operation a policy may use, in ``tf.switch_case`` order.
