@@ -224,3 +224,16 @@ def test_errors_name_the_problem():
     gp.on_epoch_begin(0)
     with pytest.raises(ValueError, match="val_accuracy"):
         gp.on_epoch_end(0, {"loss": 1.0})
+
+
+@pytest.mark.slow
+def test_masks_and_stages_under_mirrored_strategy():
+    x, y = _data()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = _compiled(tiny_model())
+    gp = GlobalPruning(model, stages={0: 0.5, 1: 0.7}, rewind="stage_start")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[gp])
+    assert gp.sparsity()["global"] == pytest.approx(0.7, abs=0.01)
+    for (_, variable), mask in zip(prunable_weights(model), gp.masks):
+        np.testing.assert_array_equal(variable.numpy() != 0, mask.numpy() > 0)
