@@ -1,14 +1,120 @@
-"""Loading models that contain mntk and tfmot objects.
+"""Loading models that contain mntk and tfmot objects, safely.
 
 ``mntk.load_model(path)`` = ``keras.models.load_model`` inside tfmot's
 ``quantize_scope`` (QAT wrappers and quantizers), tfmot's ``prune_scope``
 (pruning wrappers) and mntk's registered classes. Save with
 ``model.save("model.keras")`` (Keras v3 format) or ``.h5``; both round-trip
 every mntk scheme (see tests/serialization_test.py).
+
+Safe loading: a ``.keras`` file with a ``Lambda`` layer is refused by Keras
+unless ``safe_mode=False``; a legacy ``.h5`` file is not, and its Lambda
+bytecode runs on load. ``load_model`` refuses code-carrying configs in ``.h5``
+files the same way (one line naming the layer), unless ``safe_mode=False``.
+
+QAT models in ``.keras``: tfmot's ``QuantizeWrapperV2`` lists its inner
+layer's variables among its own (twice, or not at all, depending on which
+was built first) and its ``QuantizeLayer`` builds twice when Keras v3 loading
+calls ``build_from_config`` before calling the layer, so the saved and the
+rebuilt variable lists differ ("expected 3 variables, but received 5").
+``patch_tfmot()`` gives both classes ``save_own_variables`` /
+``load_own_variables`` over their own variables only (deduplicated, inner
+layer excluded; the inner layer saves its own), and a ``build_from_config``
+that leaves building to the functional call. ``mntk.quantization`` applies it
+on import, so files saved through mntk reload with identical outputs.
 """
+import json
+
 import tensorflow_model_optimization as tfmot
 
 from mntk.compat import keras
+
+
+def _own_variables(layer):
+    inner = getattr(layer, "layer", None)
+    inner_ids = {id(v) for v in inner.weights} if isinstance(inner, keras.layers.Layer) else set()
+    seen, own = set(), []
+    for variable in list(layer._trainable_weights) + list(layer._non_trainable_weights):
+        if id(variable) in seen or id(variable) in inner_ids:
+            continue
+        seen.add(id(variable))
+        own.append(variable)
+    return own
+
+
+def _save_own_variables(self, store):
+    for i, variable in enumerate(_own_variables(self)):
+        store[str(i)] = variable.numpy()
+
+
+def _load_own_variables(self, store):
+    own = _own_variables(self)
+    if len(store.keys()) != len(own):
+        raise ValueError(
+            f"mntk.load_model: layer {self.name!r} has {len(own)} quantizer variables "
+            f"but the file holds {len(store.keys())}; it was saved by another "
+            "mntk/tfmot version or without mntk imported. Save it again as .h5.")
+    for i, variable in enumerate(own):
+        variable.assign(store[str(i)])
+
+
+def _build_from_config(self, config):
+    """Build on the functional call only (tfmot's build is not idempotent)."""
+
+
+def patch_tfmot():
+    """Make tfmot's QAT layers round-trip through ``.keras`` (see module doc)."""
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quantize_layer, quantize_wrapper)
+    for cls in (quantize_wrapper.QuantizeWrapper, quantize_layer.QuantizeLayer):
+        if getattr(cls, "_mntk_patched", False):
+            continue
+        cls.save_own_variables = _save_own_variables
+        cls.load_own_variables = _load_own_variables
+        cls.build_from_config = _build_from_config
+        cls._mntk_patched = True
+
+
+patch_tfmot()
+
+#: configs that carry Python code: a Lambda layer's bytecode, a lambda function
+_CODE_CLASSES = ("Lambda", "__lambda__")
+
+
+def _code_carriers(config, where="model"):
+    """(layer name, why) of every code-carrying entry in a Keras config."""
+    found = []
+    if isinstance(config, dict):
+        name = config.get("config", {}).get("name") if isinstance(
+            config.get("config"), dict) else config.get("name")
+        if config.get("class_name") in _CODE_CLASSES:
+            found.append((name or where, config.get("class_name")))
+        elif config.get("function_type") == "lambda":
+            found.append((name or where, "lambda function"))
+        for key, value in config.items():
+            found += _code_carriers(value, name or where)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            found += _code_carriers(value, where)
+    return found
+
+
+def check_h5_safe(path):
+    """Raise if the ``.h5`` file's model or training config carries code."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        configs = [f.attrs.get(k) for k in ("model_config", "training_config")]
+    for raw in configs:
+        if raw is None:
+            continue
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        carriers = _code_carriers(json.loads(raw))
+        if carriers:
+            layer, why = carriers[0]
+            raise ValueError(
+                f"mntk.load_model: {path} holds code in layer {layer!r} ({why}), which "
+                "would run on load; load it with safe_mode=False only if you trust "
+                "the file's source.")
 
 
 def custom_objects():
@@ -31,14 +137,23 @@ def custom_objects():
     return objects
 
 
-def load_model(path, custom_objects=None, compile=True, **kwargs):
+def load_model(path, custom_objects=None, compile=True, safe_mode=True, **kwargs):
     """Load a Keras model that may hold QAT wrappers, pruning wrappers or mntk parts.
 
     Args:
       path: a ``.keras`` / ``.h5`` file or a SavedModel directory.
       custom_objects: extra name -> class entries (your own layers).
       compile: passed to ``keras.models.load_model``.
+      safe_mode: refuse configs that carry code (``Lambda`` layers, lambda
+        functions) in ``.keras`` and ``.h5`` files alike; ``False`` only for
+        files from a source you trust.
     """
+    path_str = str(path)
+    if path_str.endswith((".h5", ".hdf5")):
+        if safe_mode:
+            check_h5_safe(path_str)
+    elif path_str.endswith(".keras"):
+        kwargs["safe_mode"] = safe_mode
     objects = globals()["custom_objects"]()
     objects.update(custom_objects or {})
     with tfmot.quantization.keras.quantize_scope(objects), \

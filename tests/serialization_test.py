@@ -1,4 +1,7 @@
-"""mntk.load_model round-trips every quantization scheme (h5) with identical outputs."""
+"""mntk.load_model round-trips every quantization scheme (.h5 and .keras) with
+identical outputs, and refuses code-carrying .h5 files unless safe_mode=False."""
+import os
+
 import numpy as np
 import pytest
 
@@ -7,16 +10,54 @@ import mntk.quantization as mq
 from _quantization_helpers import compile_model, digits, tiny_model
 
 
+@pytest.mark.parametrize("suffix", ["h5", "keras"])
 @pytest.mark.parametrize("scheme", ["ternary", "learned", "binary", "int8"])
-def test_quantized_model_saves_and_loads_with_same_outputs(scheme, tmp_path):
+def test_quantized_model_saves_and_loads_with_same_outputs(scheme, suffix, tmp_path):
     chosen = {"ternary": mq.TernaryScheme(), "binary": mq.BinaryScheme(),
               "learned": mq.LearnedPrecisionScheme(init_bits=4), "int8": "int8"}[scheme]
     x, y = digits(128)
     q = compile_model(mq.quantize(tiny_model(), scheme=chosen))
     q.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    path = tmp_path / "q.h5"
+    path = tmp_path / f"q.{suffix}"
     q.save(path)
     loaded = mntk.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), q.predict(x, verbose=0))
     for name, kernel in mq.quantized_weights(q).items():
         np.testing.assert_array_equal(mq.quantized_weights(loaded)[name], kernel)
+
+
+def _lambda_model(marker):
+    from mntk.compat import keras
+
+    def payload(x):  # what a malicious file would do on load: write a file
+        with open(marker, "w") as f:
+            f.write("ran")
+        return x
+
+    inputs = keras.Input((4,))
+    h = keras.layers.Lambda(payload, name="payload")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2)(h))
+
+
+def test_h5_with_code_is_refused_unless_safe_mode_is_off(tmp_path):
+    marker = str(tmp_path / "marker.txt")
+    model = _lambda_model(marker)
+    path = str(tmp_path / "payload.h5")
+    model.save(path)
+    os.remove(marker)  # written while the model was built; gone before loading
+    with pytest.raises(ValueError, match="'payload'.*safe_mode=False") as err:
+        mntk.load_model(path)
+    assert "\n" not in str(err.value)
+    assert not os.path.exists(marker)
+    mntk.load_model(path, safe_mode=False)  # trusted: the code runs
+    assert os.path.exists(marker)
+
+
+def test_keras_with_code_is_refused_too(tmp_path):
+    marker = str(tmp_path / "marker.txt")
+    path = str(tmp_path / "payload.keras")
+    _lambda_model(marker).save(path)
+    os.remove(marker)
+    with pytest.raises(ValueError, match="safe_mode"):
+        mntk.load_model(path)
+    assert not os.path.exists(marker)
