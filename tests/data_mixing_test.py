@@ -66,7 +66,6 @@ def test_mixing_weight_is_beta_distributed():
     lam = np.array([float(mixing._beta(_seed(k), 1.0)) for k in range(400)])
     assert abs(lam.mean() - 0.5) < 0.05
     assert abs(lam.var() - 1 / 12) < 0.02
-    assert lam.min() >= 0 and lam.max() <= 1
 
 
 @pytest.mark.parametrize("fn", [mixing.mixup_batch, mixing.cutmix_batch])

@@ -75,7 +75,9 @@ def test_callable_head():
         x = keras.layers.Flatten(name=f"{name}_flat")(x)
         return keras.layers.Dense(num_classes, name=name)(x)
     multi = add_exits(conv_backbone(), at=["block1_out"], head=head)
-    assert multi.get_layer("exit_0_flat") is not None
+    flat = multi.get_layer("exit_0_flat")
+    assert isinstance(flat, keras.layers.Flatten)
+    assert flat.input is multi.get_layer("block1_out").output
 
     def badly_named(x, num_classes, name):
         return keras.layers.Dense(num_classes, name="other")(

@@ -71,7 +71,12 @@ def test_runner_equals_dense_choice(trained, criterion, batch_size):
                                   np.bincount(expected, minlength=3))
     assert len(runner.latencies_ms) == len(x)
     stats = runner.latency_stats()
-    assert stats.p50_ms <= stats.p99_ms
+    lat = runner.latencies_ms
+    np.testing.assert_allclose([stats.mean_ms, stats.p50_ms, stats.p90_ms, stats.p99_ms],
+                               [lat.mean(), *np.percentile(lat, [50, 90, 99])])
+    for i, mean in enumerate(stats.per_exit_mean_ms):
+        taken = lat[exits == i]
+        assert mean == (pytest.approx(taken.mean()) if len(taken) else None)
 
 
 def test_measured_rates_feed_mean_cost(trained):
