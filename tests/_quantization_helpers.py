@@ -1,15 +1,7 @@
-"""Shared helpers of the quantization tests: tiny model, digits, TFLite kernels."""
+"""Shared helpers of the quantization tests: tiny model, compile, TFLite kernels."""
 import numpy as np
 
 from mntk.compat import keras
-
-
-def digits(n=None):
-    from sklearn.datasets import load_digits
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int64")
-    return (x[:n], y[:n]) if n else (x, y)
 
 
 def tiny_model(num_classes=10):

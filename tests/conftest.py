@@ -1,9 +1,20 @@
-"""Shared pytest set-up: quiet TensorFlow, tf_keras everywhere, seeded runs."""
+"""Shared pytest set-up: quiet TensorFlow, tf_keras everywhere, seeded runs,
+and the session's shared data and trained models.
+
+Shared fixtures (built once per session, on first use):
+  digits_split       ((x_train, y_train), (x_test, y_test)) of sklearn's digits
+  trained_cnn        tests/_models.small_cnn trained on digits_split
+  trained_multi_exit a two-exit residual model (OSI heads) trained on digits_split
+The arrays are read-only, and a test that changes a shared model's weights is
+reported at the end of the session: clone a model before training it.
+"""
+import functools
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -21,9 +32,68 @@ except RuntimeError:  # already initialized by an earlier import
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
+    # Session fixtures are built before this runs (higher scopes first), so
+    # every test starts from the same seed whichever test built them. Models
+    # built before a clear_session keep working: it only resets Keras's name
+    # counters and the graph new functional models are built in.
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
+
+
+# -- shared data and models -------------------------------------------------
+DIGITS_TRAIN = 1200  # of sklearn's 1797 digits; the other 597 are the test split
+
+
+@pytest.fixture(scope="session")
+def digits_split():
+    """((x_train, y_train), (x_test, y_test)): 8x8x1 float32 images in [0, 1]
+    (pixel / 16) and int64 labels; the first 1200 digits train."""
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    x = (raw.images / 16.0).astype("float32")[..., None]
+    y = raw.target.astype("int64")
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return (x[:DIGITS_TRAIN], y[:DIGITS_TRAIN]), (x[DIGITS_TRAIN:], y[DIGITS_TRAIN:])
+
+
+def _guard_unchanged(model):
+    """Yield `model`, then fail the session if a test changed its weights."""
+    before = [w.copy() for w in model.get_weights()]
+    yield model
+    changed = [v.name for v, w in zip(model.weights, before)
+               if not np.array_equal(v.numpy(), w)]
+    if changed:
+        raise AssertionError(
+            f"a test changed the shared model {model.name!r} ({changed[:3]}...); "
+            "clone it (keras.models.clone_model + set_weights) before training it.")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits_split):
+    """tests/_models.small_cnn trained 15 epochs on the digits train split."""
+    from _models import compile_classifier, small_cnn
+    keras.utils.set_random_seed(0)
+    model = compile_classifier(small_cnn())
+    model.fit(*digits_split[0], epochs=15, batch_size=64, verbose=0)
+    yield from _guard_unchanged(model)
+
+
+@pytest.fixture(scope="session")
+def trained_multi_exit(digits_split):
+    """tests/_models.residual_backbone with OSI exit heads at ``block1_out``
+    and ``block2_inner`` (inside the residual block: the skip tensor crosses
+    that exit), trained jointly on the digits train split."""
+    from _models import residual_backbone
+    from mntk.early_exit import add_exits, compile_exits, osi_head
+    keras.utils.set_random_seed(0)
+    multi = add_exits(residual_backbone(), at=["block1_out", "block2_inner"],
+                      head=functools.partial(osi_head, bn_momentum=0.9))
+    compile_exits(multi, keras.optimizers.Adam(0.01))
+    (x, y), _ = digits_split
+    multi.fit(x, [y] * 3, epochs=15, batch_size=32, verbose=0)
+    yield from _guard_unchanged(multi)
 
 
 # MirroredStrategy over the two logical CPUs reduces through one device instead

@@ -4,33 +4,13 @@ import pytest
 
 import mntk
 from mntk.compat import keras
-from mntk.early_exit import (Calibration, add_exits, calibrate, compile_exits,
-                             confidence, evaluate, exit_indices)
+from mntk.early_exit import Calibration, calibrate, confidence, evaluate, exit_indices
 
 
-def digits_model():
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
-                            name="stem")(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
-                            name="block1_out")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu",
-                            name="block2_out")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
-
-
-@pytest.fixture(scope="module")
-def trained():
-    from sklearn.datasets import load_digits
-    keras.utils.set_random_seed(0)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target
-    multi = add_exits(digits_model(), at=["stem", "block1_out"], head="linear")
-    compile_exits(multi, keras.optimizers.Adam(0.01))
-    multi.fit(x[:1200], [y[:1200]] * 3, epochs=6, batch_size=64, verbose=0)
-    return multi, (x[1200:], y[1200:])
+@pytest.fixture
+def trained(trained_multi_exit, digits_split):
+    """The session's two-exit digits model and the held-out split to calibrate on."""
+    return trained_multi_exit, digits_split[1]
 
 
 def softmax(z):

@@ -3,37 +3,15 @@ import numpy as np
 import pytest
 
 import mntk
-from mntk.compat import keras
 from mntk.early_exit.graph import route
-from mntk.early_exit import (EarlyExitRunner, add_exits, build_segments,
-                             calibrate, compile_exits, exit_indices)
+from mntk.early_exit import EarlyExitRunner, build_segments, calibrate, exit_indices
 
 
-def residual_model():
-    """A residual block whose skip crosses the exit at ``block2_inner``."""
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
-                            name="block1_out")(inputs)
-    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
-                            name="block2_inner")(x)
-    y = keras.layers.Conv2D(8, 3, padding="same", name="block2_conv")(y)
-    x = keras.layers.Add(name="block2_out")([x, y])
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
-
-
-@pytest.fixture(scope="module")
-def trained():
-    from sklearn.datasets import load_digits
-    keras.utils.set_random_seed(0)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target
-    multi = add_exits(residual_model(), at=["block1_out", "block2_inner"],
-                      head="sdn")
-    compile_exits(multi, keras.optimizers.Adam(0.01))
-    multi.fit(x[:1200], [y[:1200]] * 3, epochs=4, batch_size=64, verbose=0)
-    return multi, (x[1200:], y[1200:])
+@pytest.fixture
+def trained(trained_multi_exit, digits_split):
+    """The session's two-exit model: its exit at ``block2_inner`` sits inside a
+    residual block, so the skip tensor ``block1_out`` crosses that cut."""
+    return trained_multi_exit, digits_split[1]
 
 
 def test_segments_cover_the_skip_connection(trained):
@@ -41,7 +19,7 @@ def test_segments_cover_the_skip_connection(trained):
     segments, structure = build_segments(multi)
     # Exit at block2_inner: the skip tensor block1_out crosses that cut too.
     assert [[t.shape[-1] for t in b] for b in structure.boundaries] == [
-        [1], [8], [8, 8]]
+        [1], [16], [16, 16]]
     dense = multi.predict(x[:20], verbose=0)
     e0, f0 = segments[0].predict(x[:20], verbose=0)
     e1, f1 = segments[1].predict(f0, verbose=0)

@@ -1,5 +1,4 @@
 """Staged TFLite export of early-exit models and StagedRunner (LiteRT)."""
-import functools
 import json
 import os
 
@@ -7,39 +6,14 @@ import numpy as np
 import pytest
 
 from mntk import export
-from mntk.compat import keras
-from mntk.early_exit import (EarlyExitRunner, add_exits, calibrate,
-                             compile_exits, osi_head)
-
-
-def residual_model():
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
-    x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
-    x = keras.layers.ReLU(name="block1_out")(x)
-    y = keras.layers.Conv2D(16, 3, padding="same", activation="relu",
-                            name="block2_inner")(x)
-    y = keras.layers.Conv2D(16, 3, padding="same", name="block2_conv")(y)
-    x = keras.layers.Add(name="block2_out")([x, y])
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+from mntk.early_exit import EarlyExitRunner, calibrate
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from sklearn.datasets import load_digits
-    keras.utils.set_random_seed(0)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target
-    # The second exit sits inside the residual block: the skip tensor must be
-    # carried past stage 1 (manifest "next_inputs").
-    multi = add_exits(residual_model(), at=["block1_out", "block2_inner"],
-                      head=functools.partial(osi_head, bn_momentum=0.9))
-    compile_exits(multi, keras.optimizers.Adam(0.01))
-    multi.fit(x[:1200], [y[:1200]] * 3, epochs=15, batch_size=32, verbose=0)
-    cal = calibrate(multi, (x[1200:], y[1200:]), exit_rate=0.5)
-    return multi, cal, x[1200:], y[1200:], x[:300]
+def setup(trained_multi_exit, digits_split):
+    (x_train, _), (x, y) = digits_split
+    cal = calibrate(trained_multi_exit, (x, y), exit_rate=0.5)
+    return trained_multi_exit, cal, x, y, x_train[:300]
 
 
 def test_float_staged_equals_keras_runner(setup, tmp_path):

@@ -8,57 +8,14 @@ import tensorflow as tf
 from mntk.compat import keras
 from mntk import export
 from mntk.export.verify import dequantize_output, quantize_input
+from _models import compile_classifier, small_cnn
 
 layers = keras.layers
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]  # 8x8x1 in [0, 1]
-    y = digits.target.astype("int64")
-    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
-
-
-def _small_cnn(name="small_cnn", se=True):
-    """Conv-BN-ReLU, depthwise-BN-ReLU, SE (GAP, 1x1, hard_sigmoid, Multiply),
-    1x1 convs (one with 32x48 = 1536 weights, above the converter's 1024-element
-    threshold for dynamic-range quantization), GAP, Dense."""
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
-    x = layers.BatchNormalization(momentum=0.9)(x)
-    x = layers.ReLU()(x)
-    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=0.9)(x)
-    x = layers.ReLU()(x)
-    if se:
-        s = layers.GlobalAveragePooling2D(keepdims=True)(x)
-        s = layers.Conv2D(4, 1, activation="relu")(s)
-        s = layers.Conv2D(16, 1, activation="hard_sigmoid")(s)
-        x = layers.Multiply()([x, s])
-    x = layers.Conv2D(32, 1, activation="relu")(x)
-    x = layers.Conv2D(48, 1, activation="relu", name="wide_pw")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name=name)
-
-
 def _fit(model, train, epochs):
-    model.compile(keras.optimizers.Adam(1e-2),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    compile_classifier(model)
     model.fit(*train, epochs=epochs, batch_size=64, verbose=0)
-    return model
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return _digits()
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    keras.utils.set_random_seed(0)
-    model = _fit(_small_cnn(), digits[0], epochs=15)
     return model
 
 
@@ -69,14 +26,14 @@ def _ops_and_tensors(path):
     return ops, interpreter.get_tensor_details()
 
 
-def test_float_export_matches_keras_exactly(trained, digits, tmp_path):
+def test_float_export_matches_keras_exactly(trained_cnn, digits_split, tmp_path):
     path = tmp_path / "new" / "dir" / "float.tflite"  # parents do not exist
-    result = export.to_tflite(trained, path, progress=False)
+    result = export.to_tflite(trained_cnn, path, progress=False)
     assert result.path == str(path) and result.quantize == "none"
     assert result.bytes == os.path.getsize(path)
     assert result.output_names == ("logits",) and result.input_names == ("image",)
-    parity = export.verify(path, trained, digits[1], batch_size=100, progress=True)
-    assert parity.samples == len(digits[1][0])  # 4 batches, the last one short
+    parity = export.verify(path, trained_cnn, digits_split[1], batch_size=100, progress=True)
+    assert parity.samples == len(digits_split[1][0])  # 6 batches, the last one short
     assert parity.agreement == 1.0
     assert parity.max_abs_diff < 1e-4
     assert parity.accuracy_tflite == parity.accuracy_keras
@@ -85,15 +42,15 @@ def test_float_export_matches_keras_exactly(trained, digits, tmp_path):
     assert not any(t["dtype"] == np.int8 for t in tensors)
 
 
-def test_dynamic_export_stores_int8_weights(trained, digits, tmp_path):
-    float_file = export.to_tflite(trained, tmp_path / "f.tflite", progress=False)
-    result = export.to_tflite(trained, tmp_path / "d.tflite", quantize="dynamic",
+def test_dynamic_export_stores_int8_weights(trained_cnn, digits_split, tmp_path):
+    float_file = export.to_tflite(trained_cnn, tmp_path / "f.tflite", progress=False)
+    result = export.to_tflite(trained_cnn, tmp_path / "d.tflite", quantize="dynamic",
                               progress=False)
     _, tensors = _ops_and_tensors(result.path)
     int8_sizes = [int(np.prod(t["shape"])) for t in tensors if t["dtype"] == np.int8]
     assert 32 * 48 in int8_sizes  # the wide 1x1 kernel is stored int8
     assert result.bytes < float_file.bytes
-    parity = export.verify(result.path, trained, digits[1])
+    parity = export.verify(result.path, trained_cnn, digits_split[1])
     assert parity.agreement >= 0.98
     assert 0 < parity.max_abs_diff  # activations are quantized on the fly
 
@@ -108,9 +65,9 @@ def _single_samples(x, y):
 
 @pytest.mark.parametrize("form", [lambda x, y: x, _as_dataset, _single_samples],
                          ids=["numpy", "dataset_xy", "generator_single"])
-def test_int8_export_is_integer_and_agrees(trained, digits, tmp_path, form):
-    (x_train, y_train), test = digits
-    result = export.to_tflite(trained, tmp_path / "q.tflite", quantize="int8",
+def test_int8_export_is_integer_and_agrees(trained_cnn, digits_split, tmp_path, form):
+    (x_train, y_train), test = digits_split
+    result = export.to_tflite(trained_cnn, tmp_path / "q.tflite", quantize="int8",
                               representative_data=form(x_train[:300], y_train[:300]),
                               progress=False)
     assert result.float_ops == ()
@@ -121,20 +78,20 @@ def test_int8_export_is_integer_and_agrees(trained, digits, tmp_path, form):
     for op in interpreter._get_ops_details():
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL"):
             assert all(by_index[i]["dtype"] == np.int8 for i in op["inputs"][:2]), op
-    parity = export.verify(result.path, trained, test)
+    parity = export.verify(result.path, trained_cnn, test)
     assert parity.agreement >= 0.97
     assert abs(parity.accuracy_tflite - parity.accuracy_keras) <= 0.02
 
 
-def test_int8_inference_io_is_quantized_by_verify(trained, digits, tmp_path):
-    result = export.to_tflite(trained, tmp_path / "io.tflite", quantize="int8",
-                              representative_data=digits[0][0][:200],
+def test_int8_inference_io_is_quantized_by_verify(trained_cnn, digits_split, tmp_path):
+    result = export.to_tflite(trained_cnn, tmp_path / "io.tflite", quantize="int8",
+                              representative_data=digits_split[0][0][:200],
                               inference_io="int8", progress=False)
     from ai_edge_litert.interpreter import Interpreter
     runner = Interpreter(model_path=result.path).get_signature_runner()
     assert runner.get_input_details()["image"]["dtype"] == np.int8
     assert runner.get_output_details()["logits"]["dtype"] == np.int8
-    parity = export.verify(result.path, trained, digits[1])
+    parity = export.verify(result.path, trained_cnn, digits_split[1])
     assert parity.agreement >= 0.97
 
 
@@ -161,11 +118,11 @@ def _three_output_model():
     return keras.Model(inputs, outputs, name="three_heads")
 
 
-def test_multi_output_outputs_are_matched_by_name(digits, tmp_path):
+def test_multi_output_outputs_are_matched_by_name(digits_split, tmp_path):
     model = _three_output_model()
     result = export.to_tflite(model, tmp_path / "m.tflite", progress=False)
     assert result.output_names == ("zeta", "alpha", "mid")
-    x, y = digits[1]
+    x, y = digits_split[1]
     parity = export.verify(result.path, model, (x, [y, y, y % 3]))
     assert [o.name for o in parity.outputs] == ["zeta", "alpha", "mid"]
     keras_out = model.predict(x, verbose=0)
@@ -182,7 +139,7 @@ def test_multi_output_outputs_are_matched_by_name(digits, tmp_path):
 
 
 @pytest.mark.parametrize("naming", ["list", "custom"])
-def test_multi_output_files_from_other_converters(digits, tmp_path, naming):
+def test_multi_output_files_from_other_converters(digits_split, tmp_path, naming):
     model = _three_output_model()
     spec = tf.TensorSpec((None, 8, 8, 1), tf.float32, name="image")
     if naming == "list":  # signature outputs output_0.. in Keras order
@@ -193,18 +150,18 @@ def test_multi_output_files_from_other_converters(digits, tmp_path, naming):
         [fn.get_concrete_function(spec)], model)
     path = tmp_path / "other.tflite"
     path.write_bytes(converter.convert())
-    parity = export.verify(path, model, digits[1][0][:100])
+    parity = export.verify(path, model, digits_split[1][0][:100])
     for out in parity.outputs:
         assert out.agreement == 1.0 and out.max_abs_diff < 1e-4
 
 
-def test_two_input_model_round_trip(digits, tmp_path):
+def test_two_input_model_round_trip(digits_split, tmp_path):
     image = keras.Input((8, 8, 1), name="image")
     extra = keras.Input((4,), name="extra")
     x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, activation="relu")(image))
     x = layers.Concatenate()([x, layers.Dense(8, activation="relu")(extra)])
     model = keras.Model([image, extra], layers.Dense(10, name="logits")(x))
-    (x_img, y), _ = digits
+    (x_img, y), _ = digits_split
     x_img, y = x_img[:200], y[:200]
     x_extra = np.random.default_rng(0).uniform(size=(200, 4)).astype("float32")
     float_file = export.to_tflite(model, tmp_path / "f.tflite", progress=False)
@@ -224,56 +181,56 @@ def test_lazy_reexports_resolve_or_raise():
         export.no_such_name
 
 
-def test_agreement_against_another_model_matches_numpy(trained, digits, tmp_path):
-    other = _fit(_small_cnn(name="other"), (digits[0][0][:300], digits[0][1][:300]), 1)
-    path = export.to_tflite(trained, tmp_path / "a.tflite", progress=False).path
-    x = digits[1][0]
+def test_agreement_against_another_model_matches_numpy(trained_cnn, digits_split, tmp_path):
+    other = _fit(small_cnn(name="other"), (digits_split[0][0][:300], digits_split[0][1][:300]), 1)
+    path = export.to_tflite(trained_cnn, tmp_path / "a.tflite", progress=False).path
+    x = digits_split[1][0]
     data = tf.data.Dataset.from_tensor_slices(x).batch(64)  # x only: no labels
     parity = export.verify(path, other, data)
-    expected = np.mean(trained.predict(x, verbose=0).argmax(-1)
+    expected = np.mean(trained_cnn.predict(x, verbose=0).argmax(-1)
                        == other.predict(x, verbose=0).argmax(-1))
     assert parity.agreement == pytest.approx(expected)
     assert parity.accuracy_tflite is None and parity.accuracy_keras is None
 
 
-def test_qat_model_exports_int8_without_representative_data(digits, tmp_path):
+def test_qat_model_exports_int8_without_representative_data(digits_split, tmp_path):
     import tensorflow_model_optimization as tfmot
-    float_model = _small_cnn(name="qat_base", se=False)  # tfmot has no Multiply config
-    _fit(float_model, digits[0], epochs=5)
+    float_model = small_cnn(name="qat_base", se=False)  # tfmot has no Multiply config
+    _fit(float_model, digits_split[0], epochs=5)
     qat = tfmot.quantization.keras.quantize_model(float_model)
     # One short epoch fine-tunes and sets the activation ranges export uses.
-    _fit(qat, (digits[0][0][:700], digits[0][1][:700]), epochs=1)
+    _fit(qat, (digits_split[0][0][:700], digits_split[0][1][:700]), epochs=1)
     assert export.is_qat_model(qat) and not export.is_qat_model(float_model)
     result = export.to_tflite(qat, tmp_path / "qat.tflite", quantize="int8",
                               progress=False)
     assert result.qat
     _, tensors = _ops_and_tensors(result.path)
     assert sum(t["dtype"] == np.int8 for t in tensors) >= 5
-    parity = export.verify(result.path, qat, digits[1])
+    parity = export.verify(result.path, qat, digits_split[1])
     assert parity.agreement >= 0.99
     with pytest.raises(ValueError, match="quantize='int8'"):
         export.to_tflite(qat, tmp_path / "d.tflite", quantize="dynamic")
 
 
-def test_bad_quantize_lists_valid_modes(trained, tmp_path):
+def test_bad_quantize_lists_valid_modes(trained_cnn, tmp_path):
     with pytest.raises(ValueError, match="'none', 'dynamic', 'int8'"):
-        export.to_tflite(trained, tmp_path / "x.tflite", quantize="int4")
+        export.to_tflite(trained_cnn, tmp_path / "x.tflite", quantize="int4")
 
 
-def test_int8_without_representative_data_says_what_to_pass(trained, tmp_path):
+def test_int8_without_representative_data_says_what_to_pass(trained_cnn, tmp_path):
     with pytest.raises(ValueError, match="representative_data="):
-        export.to_tflite(trained, tmp_path / "x.tflite", quantize="int8")
+        export.to_tflite(trained_cnn, tmp_path / "x.tflite", quantize="int8")
     assert not (tmp_path / "x.tflite").exists()
 
 
-def test_unwritable_path_is_named(trained, tmp_path):
+def test_unwritable_path_is_named(trained_cnn, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     bad = blocker / "model.tflite"  # parent is a regular file
     with pytest.raises(OSError, match=str(bad)):
-        export.to_tflite(trained, bad, progress=False)
+        export.to_tflite(trained_cnn, bad, progress=False)
     with pytest.raises(OSError, match="is a directory"):
-        export.to_tflite(trained, tmp_path, progress=False)
+        export.to_tflite(trained_cnn, tmp_path, progress=False)
 
 
 def test_unconvertible_op_names_the_layer(tmp_path):
@@ -301,10 +258,10 @@ def test_int8_refuses_ops_left_in_float_unless_allowed(tmp_path):
     assert parity.max_abs_diff < 0.1
 
 
-def test_verify_missing_file_is_named(trained, tmp_path):
+def test_verify_missing_file_is_named(trained_cnn, tmp_path):
     missing = tmp_path / "nowhere.tflite"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        export.verify(missing, trained, np.zeros((1, 8, 8, 1), np.float32))
+        export.verify(missing, trained_cnn, np.zeros((1, 8, 8, 1), np.float32))
 
 
 def test_keras3_and_non_model_objects_are_refused(tmp_path):

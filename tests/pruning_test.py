@@ -4,11 +4,11 @@ import pytest
 
 import mntk
 import mntk.quantization as mq
-from _quantization_helpers import compile_model, digits, tiny_model
+from _quantization_helpers import compile_model, tiny_model
 
 
-def test_short_run_reaches_target_and_ternary_keeps_zeros():
-    x, y = digits(256)
+def test_short_run_reaches_target_and_ternary_keeps_zeros(digits_split):
+    x, y = (a[:256] for a in digits_split[0])
     pruned = compile_model(mntk.pruning.prune(tiny_model(), target=0.6,
                                               steps_per_epoch=8, epochs=2))
     pruned.fit(x, y, batch_size=32, epochs=2, verbose=0,
@@ -46,11 +46,11 @@ def _snapshot(model):
             len(model.losses), model.to_json(), [id(l) for l in model.layers])
 
 
-def test_prune_leaves_the_model_untouched_and_layers_subset_works():
+def test_prune_leaves_the_model_untouched_and_layers_subset_works(digits_split):
     from mntk.compat import keras
     model = tiny_model()
     before = _snapshot(model)
-    x, y = digits(64)
+    x, y = (a[:64] for a in digits_split[0])
     pruned = compile_model(mntk.pruning.prune(model, target=0.5, layers=["pw", "logits"],
                                               steps_per_epoch=2, epochs=1))
     wrapped = {l.layer.name for l in pruned.layers if hasattr(l, "pruning_vars")}

@@ -6,7 +6,7 @@ import pytest
 from mntk.compat import keras
 import mntk
 import mntk.quantization as mq
-from _quantization_helpers import compile_model, digits, tflite_kernels, tiny_model
+from _quantization_helpers import compile_model, tflite_kernels, tiny_model
 
 SCHEMES = {
     "ternary": lambda: mq.TernaryScheme(),
@@ -17,9 +17,9 @@ SCHEMES = {
 
 
 @pytest.fixture(scope="module")
-def trained_float():
+def trained_float(digits_split):
     keras.utils.set_random_seed(0)
-    x, y = digits()
+    x, y = digits_split[0]
     model = compile_model(tiny_model(), lr=1e-2)
     model.fit(x, y, epochs=8, batch_size=64, verbose=0)
     return model.get_weights(), x, y
@@ -209,7 +209,8 @@ def _preprocessed_model():
 
 
 @pytest.mark.parametrize("skip", [None, ["norm"]])
-def test_quantize_keeps_preprocessing_float_with_its_state_and_the_model_untouched(skip, tmp_path):
+def test_quantize_keeps_preprocessing_float_with_its_state_and_the_model_untouched(
+        skip, tmp_path, digits_split):
     model = _preprocessed_model()
     weights = [w.copy() for w in model.get_weights()]
     config = model.to_json()
@@ -219,7 +220,7 @@ def test_quantize_keeps_preprocessing_float_with_its_state_and_the_model_untouch
     assert kinds["scale"] == "Rescaling" and kinds["norm"] == "Normalization"
     np.testing.assert_allclose(np.ravel(q.get_layer("norm").mean),
                                np.ravel(model.get_layer("norm").mean), rtol=1e-6)
-    x = digits(32)[0][:, :8, :8] * 16.0
+    x = digits_split[0][0][:32, :8, :8] * 16.0
     np.testing.assert_allclose(q.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=0.15)  # int8 fake quantization, untrained ranges
     path = str(tmp_path / "q.h5")

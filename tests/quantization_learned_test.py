@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 import mntk.quantization as mq
-from _quantization_helpers import compile_model, digits, tiny_model
+from _quantization_helpers import compile_model, tiny_model
 
 
 def test_weight_grid_matches_numpy_reference():
@@ -19,8 +19,8 @@ def test_weight_grid_matches_numpy_reference():
     np.testing.assert_allclose(mq.quantized_weights(q)["pw"], expected, rtol=1e-5, atol=1e-7)
 
 
-def test_bits_stay_in_range_and_fall_under_cost_target():
-    x, y = digits(256)
+def test_bits_stay_in_range_and_fall_under_cost_target(digits_split):
+    x, y = (a[:256] for a in digits_split[0])
     q = mq.quantize(tiny_model(), scheme=mq.LearnedPrecisionScheme(
         init_bits=8, min_bits=2, max_bits=8), skip=[])
     q.add_loss(mq.CostTarget(q, target=3.0, coefficient=5.0))

@@ -7,15 +7,16 @@ import pytest
 
 import mntk
 import mntk.quantization as mq
-from _quantization_helpers import compile_model, digits, tiny_model
+from _quantization_helpers import compile_model, tiny_model
 
 
 @pytest.mark.parametrize("suffix", ["h5", "keras"])
 @pytest.mark.parametrize("scheme", ["ternary", "learned", "binary", "int8"])
-def test_quantized_model_saves_and_loads_with_same_outputs(scheme, suffix, tmp_path):
+def test_quantized_model_saves_and_loads_with_same_outputs(scheme, suffix, tmp_path,
+                                                           digits_split):
     chosen = {"ternary": mq.TernaryScheme(), "binary": mq.BinaryScheme(),
               "learned": mq.LearnedPrecisionScheme(init_bits=4), "int8": "int8"}[scheme]
-    x, y = digits(128)
+    x, y = (a[:128] for a in digits_split[0])
     q = compile_model(mq.quantize(tiny_model(), scheme=chosen))
     q.fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = tmp_path / f"q.{suffix}"
