@@ -62,9 +62,10 @@ def test_tflite_int8_keeps_the_grid_and_agrees(kind, trained_float, tmp_path):
             wq = q.get_layer("quant_" + name)
             _, quantizer, qvars = wq._weight_vars[0]
             bits = np.broadcast_to(quantizer.cost_bits(qvars), (ints.shape[0],))
-            levels = 2 ** (bits - 1) - 1
-            # exported at scale s_c / m_c, m_c = floor(127 / n_c): the TFLite
-            # integers are k * m_c with |k| <= n_c (the b-bit grid's values)
+            levels = np.minimum(2 ** (bits - 1), 127)
+            # exported at scale s_c / m_c, m_c = floor(127 / n_c), n_c = |lo_c|:
+            # the TFLite integers are k * m_c with |k| <= n_c (the b-bit grid's
+            # values; the sign may be flipped by a folded BatchNorm)
             multiple = np.floor(127 / levels)[:, None]
             flat = ints.reshape(ints.shape[0], -1).astype(float)
             np.testing.assert_array_equal(np.mod(flat, multiple), 0, err_msg=name)

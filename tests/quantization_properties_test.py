@@ -62,9 +62,12 @@ def test_learned_bits_in_range_and_values_on_the_b_bit_grid(data, min_bits, trai
     assert np.all((bits >= min_bits) & (bits <= max_bits))
     np.testing.assert_array_equal(bits, np.clip(np.round(8 * gamma), min_bits, max_bits))
     out = q(tf.constant(w), training, qvars).numpy().reshape(-1, channels)
-    levels = 2 ** (bits - 1) - 1
+    # two's-complement b-bit integers [-2^(b-1), 2^(b-1) - 1] (2^b levels),
+    # [-127, 127] at 8 bits (TFLite's narrow-range int8 weights)
+    neg = np.minimum(2 ** (bits - 1), 127)
     for c in range(channels):
-        _on_grid(out[:, c], ranges[c] / levels[c], levels[c])
+        _on_grid(out[:, c], ranges[c] / neg[c], neg[c])
+        assert np.round(out[:, c] / (ranges[c] / neg[c])).max() <= 2 ** (bits[c] - 1) - 1
 
 
 @FEW

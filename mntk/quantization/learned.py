@@ -1,23 +1,41 @@
 """Learned channel-wise range and precision (the Texas-EIC MicroNet entry).
 
-Weights, per output channel c:
+Weights, per output channel c (two's-complement b-bit integers, 2^b levels):
 
     b_c = clip(round(8 * gamma_c), min_bits, max_bits)      (round: straight-through)
-    n_c = 2^(b_c - 1) - 1,   s_c = r_c / n_c
-    w_q = s_c * clip(round(w / s_c), -n_c, n_c)               (round: straight-through)
+    lo_c = -min(2^(b_c - 1), 127),  hi_c = 2^(b_c - 1) - 1,   s_c = r_c / |lo_c|
+    w_q = s_c * clip(round(w / s_c), lo_c, hi_c)              (round: straight-through)
 
 with gamma_c and the range r_c trainable (gradients reach s_c through the
-rounding error, as in LSQ, Esser et al., ICLR 2020, arXiv 1902.08153). The grid
-is symmetric, so it is TFLite int8 per-channel: exported with scale s_c / m_c,
-m_c = floor(127 / n_c), its integers are the multiples k * m_c, |k| <= n_c (the
-same values; the finer scale keeps TFLite's int32 bias, rounded to units of
-s_in * s_weight, from shifting outputs by an activation step).
+rounding error, as in LSQ, Esser et al., ICLR 2020, arXiv 1902.08153). A b-bit
+channel has 2^b levels for b <= 7 ({-2, -1, 0, 1} * s at 2 bits); at 8 bits it
+has 255 ([-127, 127]), because TFLite's int8 per-channel weights are
+symmetric, zero point 0, narrow range (-128 is not allowed).
 
-Activations, per tensor: learned range [lo, hi] (lo <= 0 <= hi so zero is on
-the grid) and precision b; ``s = (hi - lo) / (2^b - 1)``. In TFLite an
-activation is int8, so below 8 bits it is exported in an 8-bit container with
-the same step s (FakeQuant over [lo', lo' + 255 s]) after an explicit clamp to
-the b-bit range [lo', lo' + (2^b - 1) s]: TFLite and Keras then agree.
+Where this departs from Texas-EIC (effnetb0_model_adjutable.py:103-155), and why:
+- The entry's weight grids are asymmetric (a learned per-channel shift beta
+  moves the range off zero). TFLite int8 per-channel weights must have zero
+  point 0, so a shifted grid cannot be exported exactly; the weight grid here
+  is centred on zero (two's complement), with only the range r_c learned.
+- Export is exact: the grid is TFLite int8 per-channel with scale s_c / m_c,
+  m_c = floor(127 / |lo_c|); its integers are the multiples k * m_c,
+  lo_c <= k <= hi_c (the same values; the finer scale keeps TFLite's int32
+  bias, rounded to units of s_in * s_weight, from shifting outputs by an
+  activation step).
+
+Activations, per tensor, the entry's range parameterization: the range
+[lo0, hi0] is calibrated on the first training batch, then
+
+    lo = lo0 + beta * (hi0 - lo0),   width = alpha * (hi0 - lo0)
+    alpha in [0, 2] (init 1),  beta in [-0.6, 1.2] (init 0)    (train.py:89, :213-215)
+    s = width / (2^b - 1)        (2^b levels, zero nudged onto the grid)
+
+The entry quantized conv inputs per *channel*; TFLite keeps one scale and
+zero point per activation tensor, so per-channel activation grids cannot be
+exported exactly, and they stay per tensor here (the departure). In TFLite an
+activation is int8, so below 8 bits it is exported in an 8-bit container
+with the same step s (FakeQuant over [lo', lo' + 255 s]) after an explicit
+clamp to the b-bit range [lo', lo' + (2^b - 1) s]: TFLite and Keras then agree.
 """
 import numpy as np
 import tensorflow as tf
@@ -101,36 +119,38 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
             result["sparsity_mask"] = mask
         return result
 
-    def _levels(self, weights):
-        """n_c = 2^(b_c - 1) - 1, the largest integer of channel c's grid."""
-        bits = _bits(weights["gamma"], self.min_bits, self.max_bits)
-        return tf.pow(2.0, bits - 1.0) - 1.0
+    def bits_tensor(self, weights):
+        """b_c = clip(round_ste(8 gamma_c)) as a tensor (the differentiable bits)."""
+        return _bits(weights["gamma"], self.min_bits, self.max_bits)
 
-    def _grid(self, weights, shape):
-        levels = self._levels(weights)
-        step = tf.maximum(tf.abs(weights["range"]), 1e-8) / levels
-        return (_grid.to_kernel_shape(step, shape, self.depthwise, self.per_channel),
-                _grid.to_kernel_shape(levels, shape, self.depthwise, self.per_channel),
-                step)
+    def _grid(self, weights):
+        """(lo_c, hi_c, s_c) per channel: integers in [lo_c, hi_c], step s_c."""
+        half = tf.pow(2.0, self.bits_tensor(weights) - 1.0)
+        neg = tf.minimum(half, 127.0)
+        step = tf.maximum(tf.abs(weights["range"]), 1e-8) / neg
+        return -neg, half - 1.0, step
 
     def __call__(self, inputs, training, weights, **kwargs):
         w = inputs
         if "sparsity_mask" in weights:
             w = w * weights["sparsity_mask"]
-        step, levels, flat_step = self._grid(weights, w.shape)
-        integers = tf.clip_by_value(_grid.round_ste(w / step), -levels, levels)
-        out = integers * step
+        lo, hi, flat_step = self._grid(weights)
+        shape = w.shape
+        step = flat_step  # (C,) or (1,): broadcasts over the last axis
+        if self.depthwise:
+            step, lo, hi = (_grid.to_kernel_shape(v, shape, True, self.per_channel)
+                            for v in (flat_step, lo, hi))
+        out = tf.clip_by_value(_grid.round_ste(w / step), lo, hi) * step
         if training:
             return out
-        # Export with the finer int8 scale s_c / m_c, m_c = floor(127 / n_c):
+        # Export with the finer int8 scale s_c / m_c, m_c = floor(127 / |lo_c|):
         # the values k * s_c are the same (integers k * m_c), but TFLite rounds
         # the int32 bias to units of s_in * s_weight, and at s_c itself (4-bit
         # weights, 4-bit inputs) that unit is coarse enough to shift ~1% of a
         # layer's outputs by one activation step against Keras (measured).
-        levels_flat = tf.reshape(self._levels(weights), [-1])
-        multiple = tf.floor(127.0 / levels_flat)
-        return _grid.export_fake_quant(out, flat_step / multiple, w.shape,
-                                       self.depthwise)
+        multiple = tf.floor(127.0 / tf.reshape(-lo, [-1]))
+        return _grid.export_fake_quant(out, tf.reshape(flat_step, [-1]) / multiple,
+                                       shape, self.depthwise)
 
     def cost_bits(self, quantizer_vars):
         """Per-output-channel bits b_c (numpy array)."""
@@ -150,12 +170,18 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
                 "per_channel": self.per_channel}
 
 
+#: Texas-EIC's clip ranges of the range scale alpha and shift beta (train.py:89).
+ALPHA_RANGE = (0.0, 2.0)
+BETA_RANGE = (-0.6, 1.2)
+
+
 @keras.utils.register_keras_serializable(package="mntk")
 class LearnedPrecisionActivationQuantizer(_Quantizer):
-    """Per-tensor learned range [lo, hi] and bit width for activations.
+    """Per-tensor learned range (scale alpha, shift beta) and bit width for activations.
 
-    The range starts at the first training batch's min/max (a one-time
-    calibration held in the ``initialized`` variable), then is learned.
+    The base range [lo0, hi0] is the first training batch's min/max (a
+    one-time calibration held in the ``initialized`` variable); alpha and beta
+    then move it as in Texas-EIC (see the module docstring).
     """
 
     def __init__(self, init_bits=8, min_bits=2, max_bits=8, trainable_bits=True):
@@ -171,14 +197,20 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
             initializer=keras.initializers.Constant(self.init_bits / 8.0),
             constraint=GammaRange(self.min_bits, self.max_bits),
             trainable=self.trainable_bits)
-        lo = layer.add_weight(name + "_lo", shape=(), trainable=True,
+        lo = layer.add_weight(name + "_lo", shape=(), trainable=False,
                               initializer=keras.initializers.Constant(-6.0), **sync)
-        hi = layer.add_weight(name + "_hi", shape=(), trainable=True,
+        hi = layer.add_weight(name + "_hi", shape=(), trainable=False,
                               initializer=keras.initializers.Constant(6.0), **sync)
+        # Named *_range so size reports count them as quantizer state.
+        alpha = layer.add_weight(name + "_width_range", shape=(), trainable=True,
+                                 initializer=keras.initializers.Constant(1.0), **sync)
+        beta = layer.add_weight(name + "_shift_range", shape=(), trainable=True,
+                                initializer=keras.initializers.Constant(0.0), **sync)
         initialized = layer.add_weight(
             name + "_initialized", shape=(), trainable=False,
             initializer=keras.initializers.Zeros(), **sync)
-        return {"gamma": gamma, "lo": lo, "hi": hi, "initialized": initialized}
+        return {"gamma": gamma, "lo": lo, "hi": hi, "alpha": alpha, "beta": beta,
+                "initialized": initialized}
 
     @staticmethod
     def _calibrate(x, weights):
@@ -189,11 +221,19 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
                 weights["initialized"].assign(1.0))
         return tf.cond(weights["initialized"] > 0.5, tf.no_op, assign)
 
+    def bits_tensor(self, weights):
+        """b = clip(round_ste(8 gamma)) as a tensor (the differentiable bits)."""
+        return _bits(weights["gamma"], self.min_bits, self.max_bits)
+
     def grid(self, weights):
         """(lo', hi', step, bits) of the b-bit grid; lo' = -zero_point * step."""
-        bits = _bits(weights["gamma"], self.min_bits, self.max_bits)
-        lo = tf.minimum(weights["lo"], 0.0)
-        hi = tf.maximum(weights["hi"], lo + 1e-3)
+        bits = self.bits_tensor(weights)
+        width0 = weights["hi"] - weights["lo"]
+        alpha = tf.clip_by_value(weights["alpha"], *ALPHA_RANGE)
+        beta = tf.clip_by_value(weights["beta"], *BETA_RANGE)
+        # zero stays on the grid (TFLite's zero point): lo <= 0 <= hi
+        lo = tf.minimum(weights["lo"] + beta * width0, 0.0)
+        hi = tf.maximum(lo + alpha * width0, tf.maximum(lo + 1e-3, 0.0))
         step = (hi - lo) / (tf.pow(2.0, bits) - 1.0)
         zero_point = tf.stop_gradient(tf.round(-lo / step))
         lo_grid = -zero_point * step
@@ -206,9 +246,8 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
             with tf.control_dependencies([self._calibrate(x, weights)]):
                 x = tf.identity(x)
         lo, hi, step, _ = self.grid(weights)
-        clamped = tf.clip_by_value(x, lo, hi)
         if training:
-            return _grid.round_ste(clamped / step) * step
+            return _grid.round_ste(tf.clip_by_value(x, lo, hi) / step) * step
         # Export form: int8 fake-quant right after the producing op (so the
         # converter quantizes that op's output with step s), then the b-bit
         # clamp, then the same fake-quant again so the clamp runs in int8.

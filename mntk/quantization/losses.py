@@ -5,31 +5,28 @@ Re-exported as ``mntk.losses.CostTarget`` and ``mntk.losses.Distillation``.
 import numpy as np
 import tensorflow as tf
 
+from mntk import wrapped
 from mntk.compat import keras
 
 
 def _learned_bit_terms(model, kind):
     """(continuous bits tensor, element count) of each learned quantizer."""
     from mntk.quantization.learned import (LearnedPrecisionActivationQuantizer,
-                                           LearnedPrecisionWeightQuantizer, _bits)
+                                           LearnedPrecisionWeightQuantizer)
     terms = []
-    for layer in model.layers:
+    for layer in wrapped.quantize_wrappers(model):
         if kind in ("weights", "all"):
-            for weight, q, qvars in getattr(layer, "_weight_vars", []):
-                if isinstance(q, LearnedPrecisionWeightQuantizer):
-                    bits = _bits(qvars["gamma"], q.min_bits, q.max_bits)
-                    per_channel = float(np.prod(weight.shape)) / int(bits.shape[0])
+            for w in wrapped.weight_quantizers(layer):
+                if isinstance(w.quantizer, LearnedPrecisionWeightQuantizer):
+                    bits = w.quantizer.bits_tensor(w.variables)
+                    per_channel = float(np.prod(w.weight.shape)) / int(bits.shape[0])
                     terms.append((bits, per_channel))
         if kind in ("activations", "all"):
-            for act in getattr(layer, "_quantize_activations", []):
-                q = act.quantizer
-                qvars = getattr(act, "_post_activation_vars", None)
-                if isinstance(q, LearnedPrecisionActivationQuantizer) and qvars:
-                    terms.append((_bits(qvars["gamma"], q.min_bits, q.max_bits), 1.0))
-            outs = getattr(layer, "_output_quantizers", None) or []
-            if outs and isinstance(outs[0], LearnedPrecisionActivationQuantizer):
-                q, qvars = outs[0], layer._output_quantizer_vars
-                terms.append((_bits(qvars["gamma"], q.min_bits, q.max_bits), 1.0))
+            acts = [a for a in wrapped.activation_quantizers(layer)
+                    if a.kind == "post_activation"] + wrapped.output_quantizers(layer)
+            for a in acts:
+                if isinstance(a.quantizer, LearnedPrecisionActivationQuantizer) and a.variables:
+                    terms.append((a.quantizer.bits_tensor(a.variables), 1.0))
     return terms
 
 
@@ -38,50 +35,82 @@ def mean_learned_bits(model, kind="weights"):
     terms = _learned_bit_terms(model, kind)
     if not terms:
         raise ValueError(f"mean_learned_bits: model {model.name!r} has no learned-"
-                         "precision quantizers; quantize it with LearnedPrecisionScheme().")
+                         f"precision {kind} quantizers; quantize it with "
+                         "LearnedPrecisionScheme().")
     total = tf.add_n([tf.reduce_sum(b) * w for b, w in terms])
     count = sum(float(np.prod(b.shape)) * w for b, w in terms)
     return total / count
+
+
+_MEASURES = ("score", "weight_bits", "bits")
 
 
 @keras.utils.register_keras_serializable(package="mntk")
 class CostTarget:
     """Texas-EIC cost term: ``coefficient * sign(c - target) * c / target``.
 
-    ``c`` is the parameter-weighted mean weight bits of the learned-precision
-    quantizers (``measure="weight_bits"``), or the bit-weighted weight storage
-    relative to ``reference_bits`` scaled into a MicroNet-style score
-    (``measure="score"``: c = score_at_8bit * mean_bits / 8, with
-    ``score_at_8bit`` from ``mntk.cost.estimate``). Above target the term
-    pushes bits down; below target the sign flips and it pushes them up, so the
-    model settles at the target instead of collapsing to min_bits.
+    Above target the term pushes ``c`` down; below target the sign flips and it
+    pushes it up, so the model settles at the target instead of collapsing to
+    min_bits (trainer.py:69-159: ``sign(M - 0.18) * beta * M``; here divided by
+    the target so one ``coefficient`` fits any scale).
 
-    Use: ``model.add_loss(CostTarget(q, target=4.0))`` (a callable with no
-    arguments, as Keras ``add_loss`` accepts), or add ``term()`` to a custom loss.
+    ``c`` is one of
+    - ``measure="score"`` (``CostTarget(model, score=0.18)``): the MicroNet
+      score M = P / P_base + F / M_base of the model at its current learned
+      bits, differentiable in both weight and activation bits
+      (``mntk.quantization.score.DifferentiableScore``: per-channel weight
+      storage, multiplies at a straight-through max(b_w, b_in) whose gradient
+      is 0.3 b_w + 0.7 b_in, adds at 32 bits). ``task`` picks the baselines
+      (default "imagenet", Texas-EIC's).
+    - ``measure="weight_bits"`` (``target=4.0``, the default): the
+      parameter-weighted mean weight bits; ``include_activations=True``
+      averages it with the mean activation bits.
+    - ``measure="bits"`` (``CostTarget(model, bits=4.0)``): the same as
+      weight_bits with ``include_activations=True``.
+
+    Use: ``model.add_loss(CostTarget(q, score=0.18))`` (a callable with no
+    arguments, as Keras ``add_loss`` accepts), or add ``term()`` to a custom
+    loss; ``value()`` is the current ``c``.
     """
 
-    def __init__(self, model=None, target=4.0, coefficient=0.1, measure="weight_bits",
-                 score_at_8bit=None, include_activations=False):
-        if measure not in ("weight_bits", "score"):
-            raise ValueError(f"CostTarget: measure={measure!r}; use 'weight_bits' or 'score'.")
-        if measure == "score" and not score_at_8bit:
-            raise ValueError("CostTarget(measure='score') needs score_at_8bit "
-                             "(mntk.cost.estimate(q).score at 8-bit weights).")
-        if float(target) <= 0:
+    def __init__(self, model=None, target=None, coefficient=0.1, measure=None,
+                 include_activations=False, score=None, bits=None, task="imagenet"):
+        given = [n for n, v in (("target", target), ("score", score), ("bits", bits))
+                 if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"CostTarget: give one of target=, score=, bits=; got {given}.")
+        if score is not None:
+            measure, target = measure or "score", score
+        elif bits is not None:
+            measure, target, include_activations = measure or "bits", bits, True
+        measure = measure or "weight_bits"
+        target = 4.0 if target is None else target
+        if measure not in _MEASURES:
+            raise ValueError(f"CostTarget: measure={measure!r}; use one of {_MEASURES}.")
+        if measure == "bits":
+            include_activations = True
+        if not float(target) > 0:
             raise ValueError(f"CostTarget: target={target!r} must be > 0.")
         self.model = model
         self.target = float(target)
         self.coefficient = float(coefficient)
         self.measure = measure
-        self.score_at_8bit = score_at_8bit
         self.include_activations = bool(include_activations)
+        self.task = task
+        self._score = None
+        if model is not None and measure == "score":
+            from mntk.quantization.score import DifferentiableScore
+            self._score = DifferentiableScore(model, task=task)
 
     def value(self):
+        if self.model is None:
+            raise ValueError("CostTarget has no model: build it as CostTarget(model, ...) "
+                             "(a config round-trip keeps only the settings).")
+        if self.measure == "score":
+            return self._score()
         bits = mean_learned_bits(self.model, "weights")
         if self.include_activations:
             bits = 0.5 * (bits + mean_learned_bits(self.model, "activations"))
-        if self.measure == "score":
-            return self.score_at_8bit * bits / 8.0
         return bits
 
     def __call__(self):
@@ -91,7 +120,7 @@ class CostTarget:
 
     def get_config(self):
         return {"target": self.target, "coefficient": self.coefficient,
-                "measure": self.measure, "score_at_8bit": self.score_at_8bit,
+                "measure": self.measure, "task": self.task,
                 "include_activations": self.include_activations}
 
     @classmethod

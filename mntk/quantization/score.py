@@ -1,0 +1,234 @@
+"""The MicroNet score of a learned-precision QAT model as a differentiable
+function of its bit widths (the Texas-EIC cost term, made exact).
+
+MicroNet Challenge rules (NeurIPS 2019): score M = P / P_base + F / M_base,
+with P the storage and F the math operations, both in 32-bit equivalents (a
+b-bit value or op counts b/32). For a kernel with output channels c, n values
+per channel (rows), bits b_c, input bits b_in and S output positions per
+channel (``mntk.cost.storage``, ``mntk.cost.rules.kernel_row``):
+
+    P_kernel = min(dense, sparse),   dense = n * sum_c b_c,
+                                     sparse = sum_c nnz_c * b_c + n * C (1-bit mask)
+    F_kernel = sum_c v_c * S * max(b_c, b_in) / 32          (multiplies)
+             + sum_c (v_c - 1) * S * 32 / 32                 (adds, at the accumulator)
+
+where v_c are the values the chosen encoding stores (n when dense, nnz_c when
+sparse) and nnz_c counts the nonzeros of the *quantized* kernel (low bits
+round small weights to 0). Every other row of ``mntk.cost.estimate`` is
+constant, except element-wise ops on a learned activation (a ReLU layer, a
+max-pool), whose multiplies count at that activation's bits.
+
+Differentiability (Texas-EIC, trainer.py: ``maxsoft``): the bits are
+``clip(round_ste(8 * gamma), min, max)``, so at integer bits the forward
+value equals ``mntk.cost.estimate(model).score`` exactly; the kernel
+multiplies use a straight-through max, forward ``max(b_w, b_in)``, gradient
+through ``0.3 * b_w + 0.7 * b_in``, so the gradient reaches both the weight
+and the activation bit widths. nnz_c and the choice of encoding carry no
+gradient (they are counts). Adds stay at the accumulator width (32 bits),
+as the rules say; the entry charged adds at the multiply's bits (``2 *
+N_ops``), which the rules do not allow.
+"""
+import numpy as np
+import tensorflow as tf
+
+from mntk import wrapped
+
+__all__ = ["DifferentiableScore", "soft_max_bits", "MAX_WEIGHT_SHARE"]
+
+#: Texas-EIC's share of the weight bits in the gradient of max(b_w, b_a).
+MAX_WEIGHT_SHARE = 0.3
+
+
+def soft_max_bits(weight_bits, input_bits, weight_share=MAX_WEIGHT_SHARE):
+    """max(b_w, b_in) forward; gradient through ``s * b_w + (1 - s) * b_in``."""
+    weight_bits = tf.convert_to_tensor(weight_bits, tf.float32)
+    input_bits = tf.convert_to_tensor(input_bits, tf.float32)
+    mix = weight_share * weight_bits + (1.0 - weight_share) * input_bits
+    return mix + tf.stop_gradient(tf.maximum(weight_bits, input_bits) - mix)
+
+
+class _Bits:
+    """The bits of a tensor: max(const, learned quantizers' bits...)."""
+
+    def __init__(self, const=None, learned=()):
+        self.const = const
+        self.learned = tuple(learned)
+
+    @staticmethod
+    def union(sources):
+        consts = [s.const for s in sources if s.const is not None]
+        learned = []
+        for s in sources:
+            learned.extend(l for l in s.learned if all(l is not k for k in learned))
+        return _Bits(max(consts) if consts else None, learned)
+
+    def value(self):
+        """Current bits (numpy float, integer at inference) for bookkeeping."""
+        return float(self.tensor().numpy())
+
+    def tensor(self):
+        if not self.learned:
+            return tf.constant(32.0 if self.const is None else self.const)
+        values = [q.bits_tensor(v) for q, v in self.learned]
+        out = values[0] if len(values) == 1 else tf.reduce_max(tf.stack(values))
+        if self.const is not None:
+            out = tf.maximum(out, self.const)
+        return out
+
+
+def _is_learned_activation(quantizer):
+    from mntk.quantization.learned import LearnedPrecisionActivationQuantizer
+    return isinstance(quantizer, LearnedPrecisionActivationQuantizer)
+
+
+def _is_learned_weight(quantizer):
+    from mntk.quantization.learned import LearnedPrecisionWeightQuantizer
+    return isinstance(quantizer, LearnedPrecisionWeightQuantizer)
+
+
+def _output_bits(layer, in_sources):
+    """The _Bits of ``layer``'s output, as ``mntk.cost``'s walker sets them."""
+    from mntk.cost.rules import passes_bits
+    found = None
+    if wrapped.is_quantize_wrapper(layer):
+        for act in wrapped.activation_quantizers(layer):
+            if act.kind == "post_activation" and not wrapped.is_no_quantizer(act.quantizer):
+                found = act
+        for out in wrapped.output_quantizers(layer):
+            if not wrapped.is_no_quantizer(out.quantizer):
+                found = out
+    elif wrapped.is_quantize_layer(layer):
+        found = wrapped.input_quantizer(layer)
+    if found is not None:
+        if _is_learned_activation(found.quantizer):
+            return _Bits(None, [(found.quantizer, found.variables)])
+        bits = wrapped.quantizer_bits(found.quantizer, found.variables,
+                                      f"layer {layer.name!r}")
+        return _Bits(float(np.max(bits)))
+    if passes_bits(wrapped.unwrap(layer)):
+        return _Bits.union(in_sources) if in_sources else _Bits(32.0)
+    return _Bits(32.0)
+
+
+class _LearnedKernel:
+    """One kernel row whose weights have learned bits."""
+
+    def __init__(self, row, weight, quantizer, variables, in_bits):
+        shape = [int(d) for d in weight.shape]
+        if quantizer.depthwise:
+            self.channels = shape[-2] * shape[-1]
+        else:
+            self.channels = shape[-1]
+        self.rows = int(np.prod(shape)) // self.channels
+        self.spatial = int(np.prod(row.shape)) // self.channels
+        self.name = row.name
+        self.weight, self.quantizer, self.variables = weight, quantizer, variables
+        self.in_bits = in_bits
+
+    def counts(self, weight_bits, acc_bits):
+        """(param bits, 32-bit-equivalent ops) of the kernel's values and ops."""
+        bits_c = tf.broadcast_to(tf.reshape(weight_bits, [-1]), [self.channels])
+        q = tf.stop_gradient(self.quantizer(self.weight, True, weights=self.variables))
+        nnz_c = tf.reduce_sum(tf.cast(tf.not_equal(tf.reshape(q, [self.rows, self.channels]),
+                                                   0.0), tf.float32), axis=0)
+        n = float(self.rows)
+        dense = n * tf.reduce_sum(bits_c)
+        sparse = tf.reduce_sum(nnz_c * bits_c) + n * self.channels
+        use_sparse = tf.stop_gradient(tf.cast(sparse < dense, tf.float32))
+        params = use_sparse * sparse + (1.0 - use_sparse) * dense
+        stored_c = use_sparse * nnz_c + (1.0 - use_sparse) * n
+        mult_bits = soft_max_bits(bits_c, self.in_bits.tensor())
+        mults = tf.reduce_sum(stored_c * mult_bits) * (self.spatial / 32.0)
+        adds = tf.reduce_sum(tf.maximum(stored_c - 1.0, 0.0)) * (self.spatial * acc_bits / 32.0)
+        return params, mults + adds
+
+
+class DifferentiableScore:
+    """M = P / P_base + F / M_base of a QAT model, differentiable in its learned bits.
+
+    Built once from ``mntk.cost.estimate(model, task)``: the rows that do not
+    depend on learned bits are summed into constants; the learned kernels and
+    the element-wise ops on learned activations are recounted on every call
+    (see the module docstring for the formulas). At integer bits the value
+    equals ``mntk.cost.estimate(model, task=task).score`` (tested).
+
+    Args:
+      model: a model quantized with ``LearnedPrecisionScheme``.
+      task: "imagenet" (P_base 6.9M, M_base 1170M, Texas-EIC's) or "cifar100".
+    """
+
+    def __init__(self, model, task="imagenet"):
+        from mntk.cost import BASELINES, estimate
+        from mntk.cost.walker import flatten_graph
+        self.task = task
+        report = estimate(model, task=task)
+        base = BASELINES[task]
+        self.p_base, self.m_base = float(base.params), float(base.ops)
+        self.acc_bits = float(report.accumulator_bits)
+        calls, _ = flatten_graph(model)
+        bits_of = {(0, id(t)): _Bits(32.0) for t in model.inputs}
+        by_name = {}
+        for call in calls:
+            sources = [bits_of.get(k, _Bits(32.0)) for k in call.inputs]
+            out = _output_bits(call.layer, sources)
+            for k in call.outputs:
+                bits_of[k] = out
+            name = call.path + call.layer.name
+            if name in by_name:
+                raise ValueError(
+                    f"DifferentiableScore: layer {name!r} is called more than once; "
+                    "a shared layer's learned bits cannot be counted per call. Use "
+                    "one layer per call.")
+            by_name[name] = (call, sources)
+        self.kernels, self.elementwise = [], []
+        for row in report.layers:
+            call, sources = by_name.get(row.layer, (None, []))
+            if call is None:
+                continue
+            learned = self._learned_weight(call.layer, row)
+            if learned is not None:
+                self.kernels.append(_LearnedKernel(row, *learned,
+                                                   _Bits.union(sources[:1])))
+                continue
+            union = _Bits.union(sources)
+            if not union.learned:
+                continue
+            at_construction = max([s.value() for s in sources])
+            for count, bits in row.mult_terms:
+                # Rules count an element-wise op at max(input bits, 32-bit
+                # constants): it follows the inputs iff it equals their max.
+                if bits == at_construction and bits < 32.0:
+                    self.elementwise.append((float(count), union, row.name))
+        params0, ops0 = self._dynamic()
+        self.const_param_bits = float(report.param_bits) - float(params0)
+        self.const_ops = float(report.ops) - float(ops0)
+
+    @staticmethod
+    def _learned_weight(layer, row):
+        if not wrapped.is_quantize_wrapper(layer) or row.name != row.layer:
+            return None
+        if row.kind.split("+")[0].split(":")[0] not in ("conv", "depthwise", "dense"):
+            return None
+        for w in wrapped.weight_quantizers(layer):
+            if _is_learned_weight(w.quantizer) and w.name in wrapped.KERNEL_NAMES:
+                return w.weight, w.quantizer, w.variables
+        return None
+
+    def _dynamic(self):
+        params, ops = [tf.constant(0.0)], [tf.constant(0.0)]
+        for k in self.kernels:
+            p, o = k.counts(k.quantizer.bits_tensor(k.variables), self.acc_bits)
+            params.append(p)
+            ops.append(o)
+        for count, source, _ in self.elementwise:
+            ops.append(count * source.tensor() / 32.0)
+        return tf.add_n(params), tf.add_n(ops)
+
+    def parts(self):
+        """(P, F): 32-bit-equivalent params and ops (tensors)."""
+        params, ops = self._dynamic()
+        return (params + self.const_param_bits) / 32.0, ops + self.const_ops
+
+    def __call__(self):
+        params, ops = self.parts()
+        return params / self.p_base + ops / self.m_base
