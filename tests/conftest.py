@@ -92,7 +92,7 @@ def trained_multi_exit(digits_split):
                       head=functools.partial(osi_head, bn_momentum=0.9))
     compile_exits(multi, keras.optimizers.Adam(0.01))
     (x, y), _ = digits_split
-    multi.fit(x, [y] * 3, epochs=15, batch_size=32, verbose=0)
+    multi.fit(x, [y] * 3, epochs=8, batch_size=64, verbose=0)
     yield from _guard_unchanged(multi)
 
 

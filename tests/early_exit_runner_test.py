@@ -38,7 +38,7 @@ def test_runner_equals_dense_choice(trained, criterion, batch_size):
     multi, data = trained
     cal = calibrate(multi, data, criterion=criterion, exit_rate=0.5)
     runner = EarlyExitRunner(multi, cal)
-    x = data[0][:200] if batch_size == 1 else data[0]
+    x = data[0][:50] if batch_size == 1 else data[0]
     logits, exits = runner.predict(x, batch_size=batch_size)
     dense = [np.asarray(o) for o in multi.predict(x, verbose=0)]
     expected = exit_indices(dense[:-1], cal.thresholds, criterion)
