@@ -64,6 +64,8 @@ def train():
 def _flags_evaluate():
     _config_flag()
     flags.DEFINE_string("model", None, "A .keras or .tflite file.")
+    flags.DEFINE_bool("all_exits", False, "Also report the accuracy of every exit "
+                      "of a multi-exit model (shallow to deep, final last).")
     flags.mark_flag_as_required("model")
 
 
@@ -75,12 +77,18 @@ def evaluate():
     model_path = _existing(FLAGS.model)
     data = stages.load_data(FLAGS.config)
     if model_path.endswith(".tflite"):
-        logits = _run_tflite(model_path, data.x_test)
+        from mntk.early_exit.outputs import predict_tflite
+        names, outputs = predict_tflite(model_path, data.x_test)  # final last, by structure
     else:
         from mntk.serialization import load_model
-        logits = load_model(model_path).predict(data.x_test, verbose=0)
-    if isinstance(logits, list):
-        logits = logits[-1]
+        model = load_model(model_path)
+        outputs = model.predict(data.x_test, verbose=0)
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        names = list(model.output_names)
+    if FLAGS.all_exits and len(outputs) > 1:
+        for name, logits in zip(names, outputs):
+            print(f"accuracy[{name}]: {float(np.mean(np.argmax(logits, -1) == data.y_test)):.4f}")
+    logits = outputs[-1]
     print(f"accuracy: {float(np.mean(np.argmax(logits, -1) == data.y_test)):.4f}")
 
 
@@ -226,17 +234,10 @@ def format_summary(summary) -> str:
 
 
 def _run_tflite(path, x, batch_size=256):
-    """Last output of a float-io TFLite file on ``x``, with the LiteRT interpreter."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-    interpreter = Interpreter(model_path=path)
-    runner = interpreter.get_signature_runner()
-    (input_name,) = interpreter.get_signature_list()["serving_default"]["inputs"]
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        result = runner(**{input_name: x[start:start + batch_size].astype(np.float32)})
-        outputs.append(result[sorted(result)[-1]] if len(result) > 1 else next(iter(result.values())))
-    return np.concatenate(outputs)
+    """Final output of a float-io TFLite file on ``x`` (found by the graph's
+    structure, not by output name; see mntk.early_exit.outputs)."""
+    from mntk.early_exit.outputs import predict_tflite
+    return predict_tflite(path, x, batch_size)[1][-1]
 
 
 def _existing(path):

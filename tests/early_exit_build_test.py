@@ -177,3 +177,24 @@ def test_keras3_model_rejected():
                                     "name": "k3"})()
     with pytest.raises(TypeError, match="Keras 3"):
         add_exits(fake, at=["x"])
+
+
+def test_tflite_final_output_found_by_structure_not_name(tmp_path):
+    """A final layer named 'dense' sorts before 'exit_0'; the final output is
+    still the one depending on every op."""
+    import mntk
+    from mntk.early_exit.outputs import predict_tflite, tflite_output_order
+    x = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="c1")(x)
+    h = keras.layers.ReLU(name="r1")(h)
+    h = keras.layers.Conv2D(4, 3, name="c2")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="dense")(h))
+    multi = add_exits(model, at=["r1"], head="linear")
+    path = str(tmp_path / "multi.tflite")
+    mntk.export.to_tflite(multi, path, progress=False)
+    assert tflite_output_order(path) == ["exit_0", "dense"]
+    data = np.random.RandomState(0).rand(5, 8, 8, 1).astype("float32")
+    names, outputs = predict_tflite(path, data)
+    for got, want in zip(outputs, multi.predict(data, verbose=0)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
