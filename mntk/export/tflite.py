@@ -52,16 +52,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from mntk import wrapped
 from mntk.compat import ensure_tf_keras, keras
-from mntk.export.diagnostics import (describe_converter_error, float_ops, iter_layers,
-                                     prepare_error, tensor_summary)
+from mntk.export.diagnostics import (describe_converter_error, float_ops, prepare_error,
+                                     tensor_summary)
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
 INFERENCE_IO = ("float", "int8")
-
-# tfmot's QAT layers; detected by class name so tfmot need not be imported
-# (a model holding them has imported it already).
-_TFMOT_QAT_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
 
 
 class ExportError(RuntimeError):
@@ -120,12 +117,7 @@ def _log(progress, message):
 
 def is_qat_model(model) -> bool:
     """True when ``model`` holds tfmot quantization-aware layers."""
-    for layer in iter_layers(model):
-        for cls in type(layer).__mro__:
-            if (cls.__name__ in _TFMOT_QAT_CLASSES
-                    and cls.__module__.startswith("tensorflow_model_optimization")):
-                return True
-    return False
+    return wrapped.is_quantized(model)
 
 
 # Below this fraction of exact zeros a kernel counts as dense (a trained dense
@@ -134,16 +126,17 @@ PRUNED_ZERO_FRACTION = 0.3
 
 
 def is_pruned(model) -> bool:
-    """True when ``model`` holds tfmot pruning wrappers or a conv/dense kernel
-    with at least ``PRUNED_ZERO_FRACTION`` exact zeros."""
-    for layer in iter_layers(model):
-        if type(layer).__name__ == "PruneLowMagnitude":
+    """True when ``model`` holds tfmot pruning wrappers or a weighted layer
+    whose stored kernel (the latent one under a QAT wrapper: the zeros of a
+    ternary quantizer's output are not pruning) has at least
+    ``PRUNED_ZERO_FRACTION`` exact zeros."""
+    if wrapped.is_pruned(model):
+        return True
+    for layer in wrapped.iter_layers(model):
+        kernel = wrapped.effective_kernel(wrapped.unwrap(layer))
+        if kernel is not None and kernel.ndim >= 2 and kernel.size >= 64 and float(
+                np.mean(kernel == 0.0)) >= PRUNED_ZERO_FRACTION:
             return True
-        for attr in ("kernel", "depthwise_kernel"):
-            kernel = getattr(layer, attr, None)
-            if kernel is not None and int(np.prod(kernel.shape)) >= 64 and float(
-                    np.mean(np.asarray(kernel) == 0.0)) >= PRUNED_ZERO_FRACTION:
-                return True
     return False
 
 
