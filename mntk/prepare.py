@@ -405,15 +405,6 @@ def prepare(model, convert_ops=True, flatten=True, name=None):
     return rebuild(model, None, convert_ops, flatten, name)[0]
 
 
-def needs_preparation(model):
-    """True when ``model`` holds TF-op layers, nested models or an adapted
-    Normalization (what ``prepare`` changes)."""
-    for layer in model.layers:
-        if _is_tf_op(layer) or _is_nested(layer):
-            return True
-    return False
-
-
 def preprocessing_layers(model):
     """Names of the input-preprocessing layers that lead the graph.
 
@@ -436,89 +427,6 @@ def preprocessing_layers(model):
     return names
 
 
-_PASS = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
-
-
-def softmax_head(model, index=-1):
-    """Where output ``index`` of ``model`` applies softmax, or None.
-
-    Returns ``(softmax_layer, classifier_layer)``: the layer that applies it
-    (an ``Activation("softmax")``/``Softmax`` layer, or a Dense/Conv with
-    ``activation="softmax"``) and the classifier whose logits it normalizes
-    (the last Dense or Conv2D before it, through Flatten/Reshape/Dropout).
-    """
-    node = _producer(model.outputs[index])
-    layer = node.layer
-    if _is_nested(layer):
-        return None
-    activation = getattr(layer, "activation", None)
-    is_softmax = (isinstance(layer, keras.layers.Softmax)
-                  or getattr(activation, "__name__", None) == "softmax")
-    if not is_softmax:
-        return None
-    classifier = layer
-    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
-        classifier = None
-        while node.keras_inputs and len(node.keras_inputs) == 1:
-            node = _producer(node.keras_inputs[0])
-            if isinstance(node.layer, (keras.layers.Dense, keras.layers.Conv2D)):
-                classifier = node.layer
-                break
-            if not isinstance(node.layer, _PASS):
-                break
-    return layer, classifier
-
-
-def softmax_after(layer):
-    """The layer applying softmax to ``layer``'s output, or None.
-
-    ``layer`` itself (``activation="softmax"``), or an ``Activation("softmax")``
-    / ``Softmax`` layer reached through Flatten/Reshape/Dropout layers that each
-    feed only the next.
-    """
-    if getattr(getattr(layer, "activation", None), "__name__", None) == "softmax":
-        return layer
-    current = layer
-    while True:
-        nodes = getattr(current, "_outbound_nodes", [])
-        if len(nodes) != 1:
-            return None
-        nxt = nodes[0].outbound_layer
-        if isinstance(nxt, keras.layers.Softmax) or (
-                isinstance(nxt, keras.layers.Activation)
-                and getattr(nxt.activation, "__name__", None) == "softmax"):
-            return nxt
-        if not isinstance(nxt, _PASS):
-            return None
-        current = nxt
-
-
-def to_logits(model, name=None, prepare_graph=False):
-    """A copy of ``model`` whose outputs are the logits before a final softmax.
-
-    A trailing ``Activation("softmax")``/``Softmax`` layer is dropped; a Dense
-    or Conv2D with ``activation="softmax"`` gets ``activation="linear"``
-    (same weights). Other outputs are copied unchanged. Outputs that apply no
-    softmax are left as they are; ``to_logits`` of such a model is a plain copy.
-    """
-    _check(model, "to_logits")
-    heads = [softmax_head(model, i) for i in range(len(model.outputs))]
-    drop = {id(h[0]) for h in heads if h and isinstance(h[0], (keras.layers.Activation,
-                                                               keras.layers.Softmax))}
-    relinear = {id(h[0]) for h in heads if h and id(h[0]) not in drop}
-    if not drop and not relinear:
-        return prepare(model, convert_ops=prepare_graph, flatten=prepare_graph, name=name)
-
-    def wrap(new, original):
-        if id(original) in relinear:
-            new.activation = keras.activations.get("linear")
-        return new
-
-    # Cut the dropped softmax layers: re-point the outputs at their inputs.
-    outputs = []
-    for tensor in model.outputs:
-        node = _producer(tensor)
-        outputs.append(node.keras_inputs[0] if id(node.layer) in drop else tensor)
-    trimmed = keras.Model(model.inputs, outputs, name=model.name)
-    return rebuild(trimmed, wrap, convert_ops=prepare_graph, flatten=prepare_graph,
-                   name=name)[0]
+# The softmax-head helpers live in mntk/softmax_heads.py (a second concept);
+# they are part of this module's API.
+from mntk.softmax_heads import softmax_after, softmax_head, to_logits  # noqa: E402
