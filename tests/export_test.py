@@ -168,7 +168,8 @@ def test_two_input_model_round_trip(digits_split, tmp_path):
     assert float_file.input_names == ("image", "extra")
     parity = export.verify(float_file.path, model, ([x_img, x_extra], y))
     assert parity.agreement == 1.0 and parity.max_abs_diff < 1e-4
-    assert parity.accuracy_keras is not None
+    keras_top1 = model.predict([x_img, x_extra], verbose=0).argmax(-1)
+    assert parity.accuracy_keras == pytest.approx(np.mean(keras_top1 == y))
     int8_file = export.to_tflite(model, tmp_path / "q.tflite", quantize="int8",
                                  representative_data=[x_img, x_extra], progress=False)
     parity = export.verify(int8_file.path, model, [x_img, x_extra])
