@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from mntk.compat import ensure_tf_keras, keras
 
-__all__ = ["prepare", "preprocessing_layers", "to_logits", "softmax_head",
+__all__ = ["prepare", "preprocessing_layers", "to_logits", "softmax_head", "softmax_after",
            "hard_sigmoid", "hard_swish", "PrepareError", "rebuild"]
 
 

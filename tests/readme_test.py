@@ -43,7 +43,7 @@ def test_readme_tour_runs_and_its_figures_hold(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "readme"}
     for block in python_blocks():
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block, "README.md", "exec"), namespace)
     model, accuracy = namespace["model"], namespace["accuracy"]
     assert accuracy > 0.9
     # The tour's model is untouched by add_exits/compile_exits(freeze)/prune/quantize.
