@@ -9,6 +9,7 @@ import mntk
 import mntk.quantization as mq
 from mntk import wrapped
 from mntk.compat import keras
+from mntk.quantization import _grid
 from mntk.quantization.score import DifferentiableScore, soft_max_bits
 from _quantization_helpers import compile_model, tiny_model
 
@@ -59,14 +60,32 @@ def test_activation_range_is_scale_and_shift_with_the_entry_clips():
     x = tf.constant([[-1.0, 0.0, 1.0, 3.0]])
     q(x, True, qvars)  # calibrates lo0 = -1, hi0 = 3
     assert float(qvars["lo"]) == -1.0 and float(qvars["hi"]) == 3.0
-    qvars["alpha"].assign(5.0)   # clipped to 2: width 8
-    qvars["beta"].assign(-0.5)   # lo = -1 - 0.5 * 4 = -3
+    alpha, beta = qvars["alpha"], qvars["beta"]
+    alpha.assign(alpha.constraint(5.0))   # the entry's clip to [0, 2]: width 8
+    assert float(alpha) == 2.0
+    beta.assign(-0.5)                     # lo = -1 - 0.5 * 4 = -3
     lo, hi, step, bits = (float(v) for v in q.grid(qvars))
     assert bits == 4.0 and step == pytest.approx(8.0 / 15.0)
     zero_point = np.round(3.0 / (8.0 / 15.0))
     assert lo == pytest.approx(-zero_point * 8.0 / 15.0) and hi - lo == pytest.approx(8.0)
-    qvars["beta"].assign(9.0)    # clipped to 1.2: lo = -1 + 4.8 > 0, so 0
-    assert float(q.grid(qvars)[0]) == 0.0
+    beta.assign(beta.constraint(9.0))     # clipped to 1.2: lo = -1 + 4.8 > 0, so 0
+    assert float(beta) == pytest.approx(1.2) and float(q.grid(qvars)[0]) == 0.0
+
+
+def test_fused_activation_fake_quant_matches_autodiff_reference():
+    x = tf.Variable(np.linspace(-3.0, 3.0, 61, dtype=np.float32) + 0.013)
+    step = tf.Variable(0.3)
+    lo, hi = tf.Variable(-7 * 0.3), tf.Variable(-7 * 0.3 + 4.0)
+    weights = tf.range(61, dtype=tf.float32)
+    grads = []
+    for fn in (_grid.fake_quant_ste,
+               lambda x, lo, hi, s: _grid.round_ste(tf.clip_by_value(x, lo, hi) / s) * s):
+        with tf.GradientTape() as tape:
+            y = fn(x, lo, hi, step)
+            loss = tf.reduce_sum(y * weights)
+        grads.append([y] + tape.gradient(loss, [x, lo, hi, step]))
+    for fused, reference in zip(*grads):
+        np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_soft_max_forward_max_gradient_point_three_point_seven():

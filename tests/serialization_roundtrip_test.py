@@ -103,6 +103,8 @@ CASES = {
     "mntk>MC": Case(lambda: mntk.regularizers.MC(0.1, layout="depthwise"), _KERNEL),
     "mntk>GammaRange": Case(lambda: mntk.quantization.GammaRange(3, 6),
                             np.linspace(-1, 2, 7).astype("float32")),
+    "mntk>ClipRange": Case(lambda: mntk.quantization.ClipRange(-0.6, 1.2),
+                           np.linspace(-1, 2, 7).astype("float32")),
     # quantizers
     "mntk>TernaryWeightQuantizer": Case(
         lambda: mntk.quantization.TernaryWeightQuantizer(threshold=0.2, init="ones"), _KERNEL),

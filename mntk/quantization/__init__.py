@@ -9,7 +9,7 @@ from mntk import compat as _compat  # noqa: F401  (TF_USE_LEGACY_KERAS first)
 from mntk.quantization.api import (bit_widths, default_skip, freeze_precision,
                                    mean_weight_bits, quantize, quantized_weights)
 from mntk.quantization.binary import BinaryWeightQuantizer
-from mntk.quantization.learned import (GammaRange, LearnedPrecisionActivationQuantizer,
+from mntk.quantization.learned import (ClipRange, GammaRange, LearnedPrecisionActivationQuantizer,
                                        LearnedPrecisionWeightQuantizer)
 from mntk.quantization.losses import CostTarget, Distillation, mean_learned_bits
 from mntk.quantization.schemes import (BinaryScheme, LearnedPrecisionScheme,
@@ -21,7 +21,7 @@ __all__ = [
     "quantize", "quantized_weights", "bit_widths", "mean_weight_bits",
     "freeze_precision", "default_skip", "TernaryScheme", "LearnedPrecisionScheme",
     "BinaryScheme", "TernaryWeightQuantizer", "LearnedPrecisionWeightQuantizer",
-    "LearnedPrecisionActivationQuantizer", "BinaryWeightQuantizer", "GammaRange",
+    "LearnedPrecisionActivationQuantizer", "BinaryWeightQuantizer", "GammaRange", "ClipRange",
     "MntkQuantizeConfig", "MntkQuantizeRegistry", "custom_objects", "CostTarget",
     "Distillation", "mean_learned_bits",
 ]

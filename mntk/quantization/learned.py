@@ -176,6 +176,20 @@ BETA_RANGE = (-0.6, 1.2)
 
 
 @keras.utils.register_keras_serializable(package="mntk")
+class ClipRange(keras.constraints.Constraint):
+    """Keeps a variable within [low, high] (Texas-EIC's alpha / beta clips)."""
+
+    def __init__(self, low, high):
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, w):
+        return tf.clip_by_value(w, self.low, self.high)
+
+    def get_config(self):
+        return {"low": self.low, "high": self.high}
+
+
+@keras.utils.register_keras_serializable(package="mntk")
 class LearnedPrecisionActivationQuantizer(_Quantizer):
     """Per-tensor learned range (scale alpha, shift beta) and bit width for activations.
 
@@ -202,10 +216,14 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
         hi = layer.add_weight(name + "_hi", shape=(), trainable=False,
                               initializer=keras.initializers.Constant(6.0), **sync)
         # Named *_range so size reports count them as quantizer state.
+        # The entry's clip ranges as constraints (projected after each update),
+        # so the forward pass carries no clip ops and their gradients.
         alpha = layer.add_weight(name + "_width_range", shape=(), trainable=True,
-                                 initializer=keras.initializers.Constant(1.0), **sync)
+                                 initializer=keras.initializers.Constant(1.0),
+                                 constraint=ClipRange(*ALPHA_RANGE), **sync)
         beta = layer.add_weight(name + "_shift_range", shape=(), trainable=True,
-                                initializer=keras.initializers.Constant(0.0), **sync)
+                                initializer=keras.initializers.Constant(0.0),
+                                constraint=ClipRange(*BETA_RANGE), **sync)
         initialized = layer.add_weight(
             name + "_initialized", shape=(), trainable=False,
             initializer=keras.initializers.Zeros(), **sync)
@@ -229,11 +247,10 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
         """(lo', hi', step, bits) of the b-bit grid; lo' = -zero_point * step."""
         bits = self.bits_tensor(weights)
         width0 = weights["hi"] - weights["lo"]
-        alpha = tf.clip_by_value(weights["alpha"], *ALPHA_RANGE)
-        beta = tf.clip_by_value(weights["beta"], *BETA_RANGE)
-        # zero stays on the grid (TFLite's zero point): lo <= 0 <= hi
-        lo = tf.minimum(weights["lo"] + beta * width0, 0.0)
-        hi = tf.maximum(lo + alpha * width0, tf.maximum(lo + 1e-3, 0.0))
+        # alpha, beta are kept in the entry's ranges by their constraints.
+        # zero stays on the grid (TFLite's zero point): lo <= 0 < hi
+        lo = tf.minimum(weights["lo"] + weights["beta"] * width0, 0.0)
+        hi = tf.maximum(lo + weights["alpha"] * width0, 1e-3)
         step = (hi - lo) / (tf.pow(2.0, bits) - 1.0)
         zero_point = tf.stop_gradient(tf.round(-lo / step))
         lo_grid = -zero_point * step
@@ -247,7 +264,7 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
                 x = tf.identity(x)
         lo, hi, step, _ = self.grid(weights)
         if training:
-            return _grid.round_ste(tf.clip_by_value(x, lo, hi) / step) * step
+            return _grid.fake_quant_ste(x, lo, hi, step)
         # Export form: int8 fake-quant right after the producing op (so the
         # converter quantizes that op's output with step s), then the b-bit
         # clamp, then the same fake-quant again so the clamp runs in int8.

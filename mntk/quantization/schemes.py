@@ -349,8 +349,8 @@ class LearnedPrecisionScheme(_MntkScheme):
 
 def custom_objects():
     """Name -> class of everything a model quantized by mntk may contain."""
-    from mntk.quantization.learned import GammaRange
+    from mntk.quantization.learned import ClipRange, GammaRange
     return {c.__name__: c for c in (
         MntkQuantizeConfig, TernaryWeightQuantizer, BinaryWeightQuantizer,
         LearnedPrecisionWeightQuantizer, LearnedPrecisionActivationQuantizer,
-        GammaRange)}
+        GammaRange, ClipRange)}
