@@ -18,7 +18,7 @@ def bench_demo_end_to_end():
         seconds = time.perf_counter() - start
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    per_stage = {s["name"]: s for s in summary["stages"]}
+    per_stage = {s.name: s for s in summary.stages}
     return [{"name": "demo_end_to_end", "value": round(seconds, 1), "unit": "s",
-             "stages": list(per_stage), "accuracy": summary["accuracy"],
+             "stages": list(per_stage), "accuracy": summary.accuracy,
              "cpu_count": os.cpu_count()}]

@@ -21,9 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
+FLAGS = flags.FlagValues()  # a fresh set per main() call (main is re-entrant)
 SUBCOMMANDS = {}
 ARGS = []  # positional arguments left after flag parsing
+OVERRIDES = []  # (dotted path, text) of every --config.a.b=text, applied by _config()
 
 
 class UsageError(Exception):
@@ -40,42 +41,46 @@ def subcommand(define_flags):
 
 def _config_flag(required=True):
     config_flags.DEFINE_config_file("config", None, "Recipe file (recipes/NAME.py); "
-                                    "override fields with --config.a.b=value.")
+                                    "override fields with --config.a.b=value.", flag_values=FLAGS,
+                                    # overrides are ours (split_overrides), not read from sys.argv
+                                    sys_argv=["mntk"])
     if required:
-        flags.mark_flag_as_required("config")
+        flags.mark_flag_as_required("config", flag_values=FLAGS)
 
 
 def _flags_train():
     _config_flag()
-    flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
-    flags.DEFINE_list("stages", None, "Run only these stages (default: the recipe's).")
-    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).",
+        flag_values=FLAGS)
+    flags.DEFINE_list("stages", None, "Run only these stages (default: the recipe's).",
+        flag_values=FLAGS)
+    flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
 @subcommand(_flags_train)
 def train():
     """Run a recipe's stages into --workdir (resumes if it exists)."""
-    from mntk import train as train_lib
-    summary = train_lib.run(FLAGS.config, FLAGS.workdir, stages=FLAGS.stages)
+    from mntk.train.loop import run
+    summary = run(_config(), FLAGS.workdir, stages=FLAGS.stages)
     print(format_summary(summary))
     print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}")
 
 
 def _flags_evaluate():
     _config_flag()
-    flags.DEFINE_string("model", None, "A .keras or .tflite file.")
+    flags.DEFINE_string("model", None, "A .keras or .tflite file.", flag_values=FLAGS)
     flags.DEFINE_bool("all_exits", False, "Also report the accuracy of every exit "
-                      "of a multi-exit model (shallow to deep, final last).")
-    flags.mark_flag_as_required("model")
+                      "of a multi-exit model (shallow to deep, final last).", flag_values=FLAGS)
+    flags.mark_flag_as_required("model", flag_values=FLAGS)
 
 
 @subcommand(_flags_evaluate)
 def evaluate():
     """Test accuracy of --model (.keras or .tflite) on --config's data."""
     import numpy as np
-    from mntk import stages
+    from mntk.train.context import load_data
     model_path = _existing(FLAGS.model)
-    data = stages.load_data(FLAGS.config)
+    data = load_data(_config())
     if model_path.endswith(".tflite"):
         from mntk.early_exit.outputs import predict_tflite
         names, outputs = predict_tflite(model_path, data.x_test)  # final last, by structure
@@ -94,10 +99,11 @@ def evaluate():
 
 def _flags_export():
     _config_flag(required=False)
-    flags.DEFINE_string("model", None, "A saved .keras model.")
-    flags.DEFINE_string("out", None, "Output .tflite path.")
-    flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "int8"], "Quantization.")
-    flags.mark_flags_as_required(["model", "out"])
+    flags.DEFINE_string("model", None, "A saved .keras model.", flag_values=FLAGS)
+    flags.DEFINE_string("out", None, "Output .tflite path.", flag_values=FLAGS)
+    flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "int8"], "Quantization.",
+        flag_values=FLAGS)
+    flags.mark_flags_as_required(["model", "out"], flag_values=FLAGS)
 
 
 @subcommand(_flags_export)
@@ -108,8 +114,8 @@ def export_():
     model = load_model(_existing(FLAGS.model))
     rep = None
     if FLAGS.quantize == "int8" and FLAGS.config is not None:
-        from mntk import stages
-        rep = stages.load_data(FLAGS.config).x_train[:200]
+        from mntk.train.context import load_data
+        rep = load_data(_config()).x_train[:200]
     result = export.to_tflite(model, FLAGS.out, quantize=FLAGS.quantize,
                               representative_data=rep)
     print(f"wrote {result.path} ({result.bytes} bytes)")
@@ -117,10 +123,12 @@ def export_():
 
 def _flags_cost():
     _config_flag(required=False)
-    flags.DEFINE_string("model", None, "A saved .keras model (or give --config).")
-    flags.DEFINE_enum("task", None, ["cifar100", "imagenet"], "Score against this task.")
-    flags.DEFINE_bool("freebie", False, "Count an unquantized model at 16 bits.")
-    flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+    flags.DEFINE_string("model", None, "A saved .keras model (or give --config).",
+        flag_values=FLAGS)
+    flags.DEFINE_enum("task", None, ["cifar100", "imagenet"], "Score against this task.",
+        flag_values=FLAGS)
+    flags.DEFINE_bool("freebie", False, "Count an unquantized model at 16 bits.", flag_values=FLAGS)
+    flags.DEFINE_bool("json", False, "Print JSON instead of a table.", flag_values=FLAGS)
 
 
 @subcommand(_flags_cost)
@@ -133,11 +141,11 @@ def cost():
         model = load_model(_existing(FLAGS.model))
     elif FLAGS.config is not None:
         from mntk import models
-        c = FLAGS.config
-        from mntk import stages
-        data = stages.load_data(c)
+        from mntk.train.context import load_data
+        c = _config()
+        data = load_data(c)
         model = models.get(c.model.name, input_shape=data.input_shape,
-                           num_classes=data.num_classes, **dict(c.model.get("kwargs", {})))
+                           num_classes=data.num_classes, **dict(c.model.kwargs))
     else:
         raise UsageError("give --model=PATH.keras or --config=recipes/NAME.py")
     report = cost_lib.estimate(model, task=FLAGS.task, freebie=FLAGS.freebie)
@@ -146,22 +154,26 @@ def cost():
 
 def _flags_calibrate():
     _config_flag()
-    flags.DEFINE_string("model", None, "A saved multi-exit .keras model.")
-    flags.DEFINE_enum("criterion", "max_softmax", ["max_softmax", "entropy"], "Confidence.")
-    flags.DEFINE_float("exit_rate", None, "Target fraction leaving before the final output.")
-    flags.DEFINE_float("max_accuracy_drop", None, "Largest accuracy drop allowed.")
-    flags.DEFINE_float("mean_ops", None, "Budget of mean ops per example.")
-    flags.DEFINE_string("out", None, "Write the calibration JSON here.")
-    flags.mark_flag_as_required("model")
+    flags.DEFINE_string("model", None, "A saved multi-exit .keras model.", flag_values=FLAGS)
+    flags.DEFINE_enum("criterion", "max_softmax", ["max_softmax", "entropy"], "Confidence.",
+        flag_values=FLAGS)
+    flags.DEFINE_float("exit_rate", None, "Target fraction leaving before the final output.",
+        flag_values=FLAGS)
+    flags.DEFINE_float("max_accuracy_drop", None, "Largest accuracy drop allowed.",
+        flag_values=FLAGS)
+    flags.DEFINE_float("mean_ops", None, "Budget of mean ops per example.", flag_values=FLAGS)
+    flags.DEFINE_string("out", None, "Write the calibration JSON here.", flag_values=FLAGS)
+    flags.mark_flag_as_required("model", flag_values=FLAGS)
 
 
 @subcommand(_flags_calibrate)
 def calibrate():
     """Early-exit thresholds of --model on --config's validation data."""
-    from mntk import early_exit, stages
+    from mntk import early_exit
     from mntk.serialization import load_model
+    from mntk.train.context import load_data
     multi = load_model(_existing(FLAGS.model))
-    data = stages.load_data(FLAGS.config)
+    data = load_data(_config())
     targets = {k: getattr(FLAGS, k) for k in ("exit_rate", "max_accuracy_drop", "mean_ops")
                if getattr(FLAGS, k) is not None}
     if len(targets) != 1:
@@ -172,7 +184,7 @@ def calibrate():
 
 
 def _flags_report():
-    flags.DEFINE_bool("html", False, "Also write a self-contained report.html.")
+    flags.DEFINE_bool("html", False, "Also write a self-contained report.html.", flag_values=FLAGS)
 
 
 @subcommand(_flags_report)
@@ -190,46 +202,51 @@ def _pct(value) -> str:
     return "   n/a" if value is None else f"{100 * value:6.2f}%"
 
 
+def _score(cost) -> str:
+    return f"{cost.score:.6f}" if cost is not None and cost.score is not None else "n/a"
+
+
 def format_summary(summary) -> str:
-    """A short human summary of a run's ``summary.json``."""
-    lines = [f"{summary.get('recipe', 'run')}: finished in {summary.get('seconds', 0):.0f} s"]
-    if "accuracy" in summary:
-        lines.append(f"  Keras test accuracy      {_pct(summary['accuracy'])}")
-    for kind, r in summary.get("tflite", {}).items():
-        lines.append(f"  TFLite {kind:<17} {_pct(r.get('accuracy_tflite'))}  agreement "
-                     f"{_pct(r.get('agreement'))}  max|diff| {r.get('max_abs_diff', 0):.2g}  "
-                     f"{r.get('bytes', 0):,} bytes")
-    c = summary.get("cost")
-    if c:
-        lines.append(f"  MicroNet cost            params {c['params']:,.0f}  ops {c['ops']:,.0f}"
-                     + (f"  score {c['score']:.6f} ({c['task']})" if c.get("score") is not None
-                        else "") + (f"\n    ({c['note']})" if c.get("note") else ""))
-    tricks = summary.get("tricks", {})
-    if tricks:
-        parts = []
-        if "srip" in tricks:
-            parts.append(f"SRIP {tricks['srip'].get('coefficient')} on {tricks['srip'].get('layers')} convs")
-        if "adaptive_smoothing" in tricks:
-            parts.append(f"adaptive label smoothing eps {tricks['adaptive_smoothing']['epsilon']}")
+    """A short human summary of a run's ``RunSummary`` (or its dict)."""
+    from mntk.train.summary import RunSummary
+    if isinstance(summary, dict):
+        summary = RunSummary.from_dict(summary)
+    lines = [f"{summary.recipe or 'run'}: finished in {summary.seconds:.0f} s"]
+    if summary.accuracy is not None:
+        lines.append(f"  Keras test accuracy      {_pct(summary.accuracy)}")
+    for kind, r in (summary.tflite or {}).items():
+        lines.append(f"  TFLite {kind:<17} {_pct(r.accuracy_tflite)}  agreement "
+                     f"{_pct(r.agreement)}  max|diff| {r.max_abs_diff or 0:.2g}  "
+                     f"{r.bytes:,} bytes")
+    c = summary.cost
+    if c is not None:
+        lines.append(f"  MicroNet cost            params {c.params:,.0f}  ops {c.ops:,.0f}"
+                     + (f"  score {c.score:.6f} ({c.task})" if c.score is not None else "")
+                     + (f"\n    ({c.note})" if c.note else ""))
+    tricks = summary.tricks or {}
+    parts = []
+    if "srip" in tricks:
+        parts.append(f"SRIP {tricks['srip']['coefficient']} on {tricks['srip']['layers']} convs")
+    if "adaptive_smoothing" in tricks:
+        parts.append(f"adaptive label smoothing eps {tricks['adaptive_smoothing']['epsilon']}")
+    if parts:
         lines.append("  tricks                   " + "; ".join(parts))
-    e = summary.get("early_exit")
-    if e:
-        lines.append(f"  early exit at {','.join(e['at'])}  exit rate {_pct(e['exit_rate'])}  accuracy "
-                     f"{_pct(e['accuracy'])} (final {_pct(e['final_accuracy'])})  mean ops saved "
-                     f"{_pct(e['ops_saved'])}  staged TFLite agreement "
-                     f"{_pct(e['staged_tflite']['agreement'])}")
-    p = summary.get("pruning")
-    if p:
-        lines.append(f"  pruned to {p['target']:.0%}            accuracy {_pct(p['accuracy'])}  score "
-                     + (f"{p['cost']['score']:.6f}" if p['cost'].get('score') is not None else "n/a"))
-    q = summary.get("quantization")
-    if q:
-        t = q.get("tflite", {})
-        lines.append(f"  {q['scheme']} QAT              accuracy {_pct(q['accuracy'])}  mean weight bits "
-                     f"{q['mean_weight_bits']:.2f}  TFLite int8 agreement {_pct(t.get('agreement'))}  "
-                     f"{t.get('bytes', 0):,} bytes (packed {q.get('size', {}).get('packed_bytes', 0):,.0f})"
-                     + (f"  score {q['cost']['score']:.6f}" if q.get("cost", {}).get("score") is not None
-                        else ""))
+    e = summary.early_exit
+    if e is not None:
+        staged = e.staged_tflite.agreement if e.staged_tflite is not None else None
+        lines.append(f"  early exit at {','.join(e.at)}  exit rate {_pct(e.exit_rate)}  accuracy "
+                     f"{_pct(e.accuracy)} (final {_pct(e.final_accuracy)})  mean ops saved "
+                     f"{_pct(e.ops_saved)}  staged TFLite agreement {_pct(staged)}")
+    p = summary.pruning
+    if p is not None:
+        lines.append(f"  pruned to {p.target:.0%}            accuracy {_pct(p.accuracy)}  score "
+                     + _score(p.cost))
+    q = summary.quantization
+    if q is not None:
+        lines.append(f"  {q.scheme} QAT              accuracy {_pct(q.accuracy)}  mean weight bits "
+                     f"{q.mean_weight_bits:.2f}  TFLite int8 agreement {_pct(q.tflite.agreement)}  "
+                     f"{q.tflite.bytes:,} bytes (packed {q.size.get('packed_bytes', 0):,.0f})"
+                     + (f"  score {_score(q.cost)}" if q.cost is not None else ""))
     return "\n".join(lines)
 
 
@@ -238,6 +255,40 @@ def _run_tflite(path, x, batch_size=256):
     structure, not by output name; see mntk.early_exit.outputs)."""
     from mntk.early_exit.outputs import predict_tflite
     return predict_tflite(path, x, batch_size)[1][-1]
+
+
+def _config():
+    """--config resolved against the recipe schema, with the --config.* overrides."""
+    from mntk.train.schema import resolve
+    if FLAGS.config is None:
+        raise UsageError("give --config=recipes/NAME.py")
+    return resolve(FLAGS.config, OVERRIDES)
+
+
+def split_overrides(args):
+    """(args without --config.a.b=v, [(a.b, v), ...]); ``--config.smoke=True``
+    becomes the recipe's ``smoke`` argument (``--config=recipes/X.py:smoke``),
+    so the recipe applies its smoke settings."""
+    rest, overrides, smoke = [], [], None
+    for arg in args:
+        if arg.startswith("--config."):
+            path, eq, text = arg[len("--config."):].partition("=")
+            if not eq:
+                raise UsageError(f"{arg}: give a value, --config.{path}=VALUE")
+            if path == "smoke":
+                smoke = text.strip().lower() in ("true", "1", "yes")
+            else:
+                overrides.append((path, text))
+        else:
+            rest.append(arg)
+    if smoke:
+        for i, arg in enumerate(rest):
+            if arg.startswith("--config="):
+                path, colon, recipe_arg = arg[len("--config="):].partition(":")
+                if "smoke" not in recipe_arg.split(","):
+                    recipe_arg = ",".join([a for a in recipe_arg.split(",") if a] + ["smoke"])
+                rest[i] = f"--config={path}:{recipe_arg}"
+    return rest, overrides
 
 
 def _existing(path):
@@ -263,16 +314,27 @@ def main(argv=None) -> int:
               f"{', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     fn, define = SUBCOMMANDS[name]
-    before = set(FLAGS)
+    global FLAGS
+    if not flags.FLAGS.is_parsed():  # absl's own flags (logging) at their defaults
+        flags.FLAGS(["mntk"], known_only=True)
+    FLAGS = flags.FlagValues()
     define()
-    own_flags = sorted(set(FLAGS) - before)
+    own_flags = sorted(FLAGS)
     rest = argv[2:]
     if any(a in ("-h", "--help", "--helpshort") for a in rest):
         print(f"mntk {name}: {fn.__doc__ or ''}".strip())
         print("flags:\n" + "\n".join(f"  --{n}: {FLAGS[n].help}" for n in own_flags))
         return 0
     try:
+        rest, OVERRIDES[:] = split_overrides(rest)
         ARGS[:] = [a for a in FLAGS([f"mntk {name}"] + rest)[1:]]
+    except UsageError as e:
+        print(f"mntk {name}: error: {e}", file=sys.stderr)
+        return 2
+    except TypeError as e:
+        print(f"mntk {name}: error: the recipe's get_config does not take that argument "
+              f"({_one_line(e)}); it has no smoke settings", file=sys.stderr)
+        return 2
     except (flags.Error, ValueError, KeyError, AttributeError, FileNotFoundError) as e:
         print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2

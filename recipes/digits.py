@@ -9,14 +9,17 @@ baselines only to have a scale: digits is not a MicroNet task.
 
 Run:  mntk train --config=recipes/digits.py --workdir=runs/digits
 Override any field:  --config.train.epochs=3
+Smoke (seconds: every stage, two steps an epoch):
+      mntk train --config=recipes/digits.py --workdir=/tmp/digits --config.smoke=True
 """
 import ml_collections
 
 
-def get_config():
+def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.name = "digits"
     c.seed = 0
+    c.smoke = arg == "smoke"
     c.strategy = "default"       # default | mirrored | multi_worker | tpu
     c.tpu = ""
     c.verbose = 2
@@ -86,4 +89,17 @@ def get_config():
     c.export = ml_collections.ConfigDict()
     c.export.kinds = ("float", "int8")
     c.export.representative_examples = 200
+    if c.smoke:
+        smoke(c)
     return c
+
+
+def smoke(c):
+    """Seconds on CPU: every stage, one or two epochs of two steps each."""
+    c.train.epochs = 2
+    c.train.max_steps_per_epoch = 2
+    c.early_exit.epochs = 1
+    c.prune.epochs = 1
+    c.quantize.epochs = 1
+    c.export.representative_examples = 32
+    c.export.verify_examples = 64

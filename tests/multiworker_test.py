@@ -114,7 +114,7 @@ def test_two_workers_finish_with_identical_weights(straight_pair):
     stage = os.path.join(tmp, "run", "stages", "0_train")
     assert os.path.exists(os.path.join(stage, "summary.json"))
     assert [d for d in os.listdir(stage) if d.startswith(".worker_")]
-    from mntk.fitting import read_history
+    from mntk.train.fit import read_history
     history = read_history(os.path.join(stage, "history.csv"))
     assert len(history["loss"]) == EPOCHS
     assert history["loss"][-1] < history["loss"][0]      # it trained
@@ -187,9 +187,9 @@ def test_multi_stage_run_killed_in_a_later_stage_resumes_there(tmp_path, capsys)
     with open(os.path.join(prune_stage, "history.csv")) as f:
         rows = f.read().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]   # epoch 0 kept, 1 redone
-    assert summary["pruning"]["target"] == 0.5
+    assert summary.pruning.target == 0.5
     # tfmot leaves depthwise kernels dense; every other kernel reached the target
-    sparsity = summary["pruning"]["sparsity"]
+    sparsity = summary.pruning.sparsity
     pruned = {k: v for k, v in sparsity.items() if "_dw" not in k}
     assert len(pruned) >= 10
     assert all(v == pytest.approx(0.5, abs=0.05) for v in pruned.values()), sparsity

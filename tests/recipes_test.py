@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mntk import train
+from mntk.train.summary import read_stage
 from mntk.compat import keras
 
 pytestmark = pytest.mark.slow
@@ -44,14 +45,14 @@ def smoke_run(name, tmp_path_factory):
         config.verbose = 0
         workdir = str(tmp_path_factory.mktemp(name))
         losses = BatchLosses()
-        summary = train.run(config, workdir, extra_callbacks=[losses])
+        # the summary as its schema writes it (RunSummary.to_dict: summary.json's layout)
+        summary = train.run(config, workdir, extra_callbacks=[losses]).to_dict()
         _RUNS[name] = (config, workdir, summary, losses.fits)
     return _RUNS[name]
 
 
 def stage_summary(workdir, k, name):
-    with open(os.path.join(workdir, "stages", f"{k}_{name}", "summary.json")) as f:
-        return json.load(f)
+    return read_stage(os.path.join(workdir, "stages", f"{k}_{name}", "summary.json")).to_dict()
 
 
 @pytest.mark.parametrize("name", RECIPES)

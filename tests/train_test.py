@@ -1,4 +1,5 @@
-"""The recipe runner: overrides, resuming a killed run, strategies, summary."""
+"""The recipe runner: every stage module on digits, resuming a killed run,
+strategies, the summary schema on disk."""
 import json
 import os
 
@@ -6,26 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import _runs
 from mntk import train
 from mntk.compat import keras
+from mntk.train.summary import RunSummary, StageSummary
 
 
-def small_config(**overrides):
-    from recipes import digits
-    c = digits.get_config()
-    c.stages = ("train",)
-    c.verbose = 0
-    c.train.epochs = 3
-    c.data.batch_size = 64
-    c.tricks.srip.enabled = True
-    c.tricks.adaptive_smoothing.enabled = True
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+@pytest.fixture
+def all_stages(tmp_path_factory):
+    return _runs.all_stages(tmp_path_factory)
 
 
 class KillAfter(keras.callbacks.Callback):
@@ -41,41 +31,81 @@ class KillAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed by test")
 
 
-def _weights(workdir):
-    from mntk.serialization import load_model
-    model = load_model(os.path.join(workdir, "stages", "0_train", "model.keras"))
-    return model.get_weights()
+def test_every_stage_module_runs_and_writes_its_summary(all_stages):
+    config, workdir, summary = all_stages
+    assert [s.name for s in summary.stages] == list(_runs.ALL_STAGES)
+    for k, name in enumerate(_runs.ALL_STAGES):
+        with open(os.path.join(_runs.stage_dir(workdir, k, name), "summary.json")) as f:
+            on_disk = StageSummary.from_dict(json.load(f))
+        assert on_disk == summary.stages[k]
+    # train: SRIP and adaptive smoothing as the recipe says, two epochs logged
+    assert summary.tricks["srip"]["layers"] == "pointwise"
+    assert summary.tricks["adaptive_smoothing"]["epsilon"] == pytest.approx(0.3)
+    assert len(summary.history["srip"]) == config.train.epochs
+    # export: both TFLite files exist with the size the summary gives
+    for kind, figures in summary.tflite.items():
+        assert os.path.getsize(os.path.join(workdir, figures.path)) == figures.bytes > 0
+    # early exit: every test example leaves at exactly one exit
+    e = summary.early_exit
+    assert sum(e.exit_rates) == pytest.approx(1.0) and len(e.exit_rates) == 2
+    assert e.mean_ops <= e.backbone_ops
+    # prune: the polynomial schedule ends at the target on every pruned kernel
+    pruned = [v for v in summary.pruning.sparsity.values() if v > 0]
+    assert pruned and max(abs(v - 0.5) for v in pruned) < 0.02
+    # quantize -> finetune: learned bits frozen, so finetune keeps them
+    quantized = summary.stages[4].quantization
+    finetuned = summary.stages[5].quantization
+    assert quantized.scheme == "learned" and quantized.distillation
+    assert quantized.cost_target["target"] == 4.0
+    assert finetuned.frozen_bit_widths > 0
+    assert finetuned.mean_weight_bits == pytest.approx(quantized.mean_weight_bits)
+    assert summary.quantization == finetuned
+    # the final model is the QAT model, saved as .h5
+    assert os.path.exists(os.path.join(workdir, "model.h5"))
+
+
+def test_summary_json_round_trips_through_the_schema(all_stages):
+    _, workdir, summary = all_stages
+    with open(os.path.join(workdir, "summary.json")) as f:
+        on_disk = json.load(f)
+    assert RunSummary.from_dict(on_disk) == summary
+    assert on_disk["dataset"] == "digits" and on_disk["recipe"] == "digits"
+    on_disk["stages"][0]["acuracy"] = 0.5
+    with pytest.raises(ValueError, match="acuracy"):
+        RunSummary.from_dict(on_disk)
+
+
+def test_finished_stages_are_skipped_on_rerun(all_stages, capsys):
+    config, workdir, summary = all_stages
+    again = train.run(config, workdir)
+    out = capsys.readouterr().out
+    assert out.count("already done") == len(_runs.ALL_STAGES)
+    assert again.stages == summary.stages
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    config = small_config()
-    steps = (1797 * 7 // 10) // 64  # training examples // batch
-    straight = str(tmp_path / "straight")
+    config = _runs.digits_config(**{"stages": ("train",), "train.epochs": 3,
+                                    "train.max_steps_per_epoch": 4, "data.batch_size": 64,
+                                    "tricks.srip.enabled": True})
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     uninterrupted = train.run(config, straight)
-
-    resumed = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         # dies in the middle of the third epoch, after two epochs were backed up
-        train.run(config, resumed, extra_callbacks=[KillAfter(2 * steps + steps // 2)])
+        train.run(config, resumed, extra_callbacks=[KillAfter(2 * 4 + 2)])
     assert train.saved_epoch(os.path.join(resumed, "stages", "0_train", "backup")) == 2
     assert not os.path.exists(os.path.join(resumed, "summary.json"))
     summary = train.run(config, resumed)
 
-    for a, b in zip(_weights(straight), _weights(resumed)):
+    from mntk.serialization import load_model
+    weights = [load_model(os.path.join(w, "stages", "0_train", "model.keras")).get_weights()
+               for w in (straight, resumed)]
+    for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with open(os.path.join(resumed, "stages", "0_train", "history.csv")) as f:
         assert len(f.read().strip().splitlines()) == 1 + config.train.epochs
-    assert summary["accuracy"] == uninterrupted["accuracy"]
+    assert summary.accuracy == uninterrupted.accuracy
     # the SRIP state outside the model was restored too: same logged values
-    assert summary["history"]["srip"] == pytest.approx(uninterrupted["history"]["srip"], rel=1e-5)
-
-
-def test_finished_stage_is_skipped_on_rerun(tmp_path, capsys):
-    config = small_config(**{"train.epochs": 1})
-    first = train.run(config, str(tmp_path))
-    second = train.run(config, str(tmp_path))
-    assert "already done" in capsys.readouterr().out
-    assert first["accuracy"] == second["accuracy"]
+    assert summary.history["srip"] == pytest.approx(uninterrupted.history["srip"], rel=1e-5)
 
 
 def test_epoch_keyed_dataset_depends_only_on_epoch():
@@ -95,40 +125,28 @@ def test_epoch_keyed_dataset_depends_only_on_epoch():
 
 def test_mirrored_strategy_two_replicas_trains(tmp_path):
     assert len(tf.config.list_logical_devices("CPU")) >= 2
-    config = small_config(**{"strategy": "mirrored", "train.epochs": 1,
-                             "train.max_steps_per_epoch": 3})
+    config = _runs.digits_config(**{"stages": ("train",), "strategy": "mirrored",
+                                    "train.epochs": 1, "train.max_steps_per_epoch": 3})
     strategy = train.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     summary = train.run(config, str(tmp_path))
-    history = summary["history"]
-    assert np.isfinite(history["loss"][0])
+    assert np.isfinite(summary.history["loss"][0])
 
 
-def test_unknown_stage_and_strategy_are_clear_errors(tmp_path):
+def test_unknown_stage_and_strategy_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Unknown stage"):
-        train.run(small_config(stages=("train", "bogus")), str(tmp_path))
+        train.run(_runs.digits_config(stages=("train", "bogus")), str(tmp_path))
     with pytest.raises(ValueError, match="Unknown strategy 'warp'"):
         train.make_strategy("warp")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG"):
-        os.environ.pop("TF_CONFIG", None)
         train.make_strategy("multi_worker")
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
-    config = small_config(**{"train.learning_rate": 1e9, "train.epochs": 2,
-                             "train.optimizer": "sgd",
-                             "tricks.srip.enabled": False,
-                             "tricks.adaptive_smoothing.enabled": False})
+    config = _runs.digits_config(**{
+        "stages": ("train",), "train.learning_rate": 1e9, "train.epochs": 2,
+        "train.max_steps_per_epoch": 4, "train.optimizer": "sgd",
+        "tricks.srip.enabled": False, "tricks.adaptive_smoothing.enabled": False})
     with pytest.raises(ValueError, match="NaN"):
         train.run(config, str(tmp_path))
-
-
-def test_summary_json_is_written(tmp_path):
-    config = small_config(**{"train.epochs": 1})
-    summary = train.run(config, str(tmp_path))
-    with open(tmp_path / "summary.json") as f:
-        on_disk = json.load(f)
-    assert on_disk["accuracy"] == pytest.approx(summary["accuracy"])
-    assert on_disk["tricks"]["srip"]["layers"] == "pointwise"
-    assert on_disk["tricks"]["adaptive_smoothing"]["epsilon"] == pytest.approx(0.3)
-    assert os.path.exists(tmp_path / "model.keras")

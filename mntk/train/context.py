@@ -1,38 +1,23 @@
-"""Recipe runner: config -> data -> model -> stages -> work directory.
+"""What every stage shares: the run context, worker roles and folders, atomic
+JSON files, the epoch bookkeeping of resumable fits and the epoch-keyed data.
 
-A recipe is an ``ml_collections`` config (``recipes/*.py``, ``get_config()``).
-``run(config, workdir)`` executes its ``stages`` in order (``train``,
-``early_exit``, ``prune``, ``quantize``, ``export``; see ``mntk.stages``) inside
-the ``tf.distribute`` strategy the config names, and writes::
-
-    WORKDIR/stages/<k>_<stage>/   model.keras, history.csv, tensorboard/,
-                                  summary.json (the stage's own figures)
-    WORKDIR/model.keras           the last stage's model (model.h5 for a QAT model)
-    WORKDIR/cost.json             mntk.cost report of the last counted model
-    WORKDIR/*.tflite, calibration.json, staged_tflite/   from export stages
-    WORKDIR/summary.json          every stage's summary merged
-
-Resuming: a stage whose ``summary.json`` exists is skipped (its model is
-loaded); inside a stage, ``BackupAndRestore`` keeps the last finished epoch,
-and in-memory data sets are shuffled with a seed keyed on the epoch so a
-resumed run sees the same batches as an uninterrupted one.
+Multi-worker runs (``tf.distribute.MultiWorkerMirroredStrategy``) share one
+work directory: the chief (worker 0) writes the stage folders; the other
+workers write the same files into a private ``.worker_<type>_<index>`` folder
+so no two processes write one file.
 """
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from mntk import data as data_lib
 from mntk.compat import keras
-
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
-
-class RecipeError(ValueError):
-    """A recipe config asks for something the runner cannot do."""
+from mntk.train.errors import RecipeError
+from mntk.train.schema import STRATEGIES
 
 
 def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
@@ -60,6 +45,10 @@ def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
     raise RecipeError(f"Unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}.")
 
 
+def _task() -> Dict[str, Any]:
+    return json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+
+
 def is_chief() -> bool:
     """True on the worker that writes files (worker 0, or a single process)."""
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
@@ -77,17 +66,49 @@ class RunContext:
     strategy: tf.distribute.Strategy
     data: Any = None
     model: Optional[keras.Model] = None
-    summary: Dict[str, Any] = dataclasses.field(default_factory=dict)
     stage_dir: str = ""
-    calibration: Any = None
+    extra_callbacks: List[keras.callbacks.Callback] = dataclasses.field(default_factory=list)
 
     @property
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
 
     def global_batch_size(self, batch_size: int) -> int:
-        scale = self.config.train.get("scale_with_replicas", True)
-        return batch_size * self.replicas if scale else batch_size
+        return batch_size * self.replicas if self.config.train.scale_with_replicas else batch_size
+
+    def writable_dir(self, sub: str = "") -> str:
+        """Stage sub-folder on the chief; a private folder on other workers."""
+        if is_chief():
+            return os.path.join(self.stage_dir, sub)
+        # named from the task, not hash(): str hashes change between processes,
+        # and a restarted worker must find its own backup again
+        task = _task()
+        name = f".worker_{task.get('type', 'worker')}_{task.get('index', 0)}"
+        return os.path.join(self.stage_dir, name, sub)
+
+    def steps(self) -> int:
+        """Training steps per epoch at the global batch size, capped by
+        ``train.max_steps_per_epoch`` (smoke runs) so that learning-rate and
+        sparsity schedules span the steps that actually run."""
+        if self.data.x_train is not None:
+            n = len(self.data.x_train) // self.global_batch_size(self.config.data.batch_size)
+        elif self.data.steps_per_epoch:
+            n = int(self.data.steps_per_epoch)
+        else:
+            raise RecipeError("the data set does not say how many steps an epoch has; set "
+                              "data.steps_per_epoch in the recipe.")
+        cap = self.config.train.max_steps_per_epoch
+        return max(1, min(n, cap)) if cap else n
+
+
+def load_data(config):
+    """``mntk.data.load`` with the recipe's ``config.data`` fields (None
+    fields are left to the loader; ``data.seed`` None is the run's seed)."""
+    fields = {k: v for k, v in config.data.items() if v is not None}
+    fields = {k: dict(v) if hasattr(v, "items") else v for k, v in fields.items()}
+    name = fields.pop("name")
+    fields.setdefault("seed", int(config.seed))
+    return data_lib.load(name, **fields)
 
 
 def epoch_keyed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
@@ -132,8 +153,9 @@ def saved_epoch(backup_dir: str) -> int:
     return 0
 
 
-def write_json(path: str, obj: Dict[str, Any]) -> None:
-    """Write ``obj`` atomically (a killed run never leaves half a file)."""
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` atomically (a killed run never leaves half a file); only
+    the chief writes."""
     if not is_chief():
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -148,63 +170,10 @@ def _json_default(value):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if dataclasses.is_dataclass(value):
+        return value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
     if hasattr(value, "to_dict"):
         return value.to_dict()
     if hasattr(value, "to_json"):
         return value.to_json()
     raise TypeError(f"summary value of type {type(value).__name__} is not JSON-serializable")
-
-
-def run(config, workdir: str, stages: Optional[List[str]] = None,
-        extra_callbacks: Optional[List[keras.callbacks.Callback]] = None) -> Dict[str, Any]:
-    """Run a recipe's stages into ``workdir`` and return the merged summary.
-
-    Args:
-      config: an ``ml_collections.ConfigDict`` from a recipe's ``get_config()``.
-      workdir: output directory (created; reused to resume).
-      stages: run only these stage names (default: ``config.stages``).
-      extra_callbacks: appended to every ``fit`` (tests use this to kill a run).
-    """
-    from mntk import stages as stage_lib  # stages import heavy technique modules
-
-    keras.utils.set_random_seed(int(config.seed))
-    # Dropout & co. draw from tf.random.Generator variables instead of stateful
-    # ops, so their RNG state is checkpointed and a resumed run continues the
-    # same random stream.
-    keras.backend.experimental.enable_tf_random_generator()
-    if config.get("deterministic", False):
-        tf.config.experimental.enable_op_determinism()
-    os.makedirs(workdir, exist_ok=True)
-    strategy = make_strategy(config.strategy, config.get("tpu", ""))
-    ctx = RunContext(config=config, workdir=workdir, strategy=strategy)
-    ctx.extra_callbacks = list(extra_callbacks or [])
-    ctx.data = stage_lib.load_data(config)
-    names = list(stages or config.stages)
-    unknown = [s for s in names if s not in stage_lib.STAGES]
-    if unknown:
-        raise RecipeError(f"Unknown stage(s) {unknown} in config.stages; known stages: "
-                          f"{', '.join(stage_lib.STAGES)}.")
-    started = time.time()
-    summary: Dict[str, Any] = {"recipe": config.get("name", ""), "stages": []}
-    for k, name in enumerate(names):
-        ctx.stage_dir = os.path.join(workdir, "stages", f"{k}_{name}")
-        done = os.path.join(ctx.stage_dir, "summary.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                stage_summary = json.load(f)
-            ctx.model = stage_lib.load_stage_model(ctx, name)
-            print(f"mntk: stage {k} '{name}' already done, resuming after it", flush=True)
-        else:
-            print(f"mntk: stage {k} '{name}'", flush=True)
-            os.makedirs(ctx.stage_dir, exist_ok=True)
-            stage_summary = stage_lib.STAGES[name](ctx)
-            stage_lib.save_stage_model(ctx)
-            write_json(done, stage_summary)
-        summary["stages"].append({"name": name, **{k2: v for k2, v in stage_summary.items()
-                                                     if k2 != "name"}})
-        stage_lib.merge_summary(summary, name, stage_summary)
-    summary["seconds"] = round(time.time() - started, 2)
-    if ctx.model is not None and is_chief():
-        stage_lib.save_model(ctx.model, workdir)
-    write_json(os.path.join(workdir, "summary.json"), summary)
-    return summary

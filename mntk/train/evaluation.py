@@ -1,0 +1,50 @@
+"""The figures a stage reports: test accuracy, MicroNet cost, TFLite parity."""
+import os
+from typing import Any, Dict
+
+import numpy as np
+
+from mntk import cost
+from mntk.train.context import write_json
+from mntk.train.summary import CostFigures, TfliteFigures
+
+
+def evaluate(model, data) -> float:
+    """Top-1 accuracy of the (last) output on the test split."""
+    if data.x_test is not None:
+        out = model.predict(data.x_test, batch_size=256, verbose=0)
+        labels = data.y_test
+    else:
+        # predict + labels rather than model.evaluate: the compiled metrics may
+        # expect distillation targets, the test split has plain labels.
+        out = model.predict(data.test.map(lambda x, y: x), verbose=0)
+        labels = np.concatenate([np.asarray(y) for _, y in data.test])
+    if isinstance(out, list):
+        out = out[-1]
+    if labels.ndim == 2:
+        labels = labels.argmax(-1)
+    return float(np.mean(np.argmax(out, -1) == labels))
+
+
+def cost_summary(ctx, model, **estimate_kwargs) -> CostFigures:
+    """The model's MicroNet cost (written to ``cost.json``) for the summary."""
+    task, freebie = ctx.config.cost.task, bool(ctx.config.cost.freebie)
+    report = cost.estimate(model, task=task, freebie=freebie, **estimate_kwargs)
+    write_json(os.path.join(ctx.stage_dir, "cost.json"), report.to_json())
+    write_json(os.path.join(ctx.workdir, "cost.json"), report.to_json())
+    return CostFigures(params=report.params, ops=report.ops, score=report.score,
+                       param_bits=report.param_bits, task=task, freebie=freebie,
+                       note=ctx.config.cost.note or None)
+
+
+def tflite_figures(path: str, workdir: str, nbytes: int, check) -> TfliteFigures:
+    """A TFLite file's size and its ``mntk.export.verify`` parity (final output)."""
+    return TfliteFigures(path=os.path.relpath(path, workdir), bytes=int(nbytes),
+                         agreement=check.agreement, max_abs_diff=check.max_abs_diff,
+                         accuracy_tflite=check.accuracy_tflite,
+                         accuracy_keras=check.accuracy_keras)
+
+
+def verify_examples(config) -> Any:
+    """``export.verify_examples`` as ``arrays``' limit (0: the whole split)."""
+    return int(config.export.verify_examples) or None

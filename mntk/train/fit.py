@@ -1,0 +1,148 @@
+"""``fit``: ``model.fit`` made resumable, logged and guarded.
+
+A killed run resumes inside a stage at the last finished epoch:
+``BackupAndRestore`` keeps the model and optimizer, ``StateBackup`` the
+variables outside the model (SRIP), the epoch-keyed data set replays the same
+batches and ``EpochSeededRandomness`` the same dropout masks. Every fit writes
+``history.csv`` (CSVLogger), ``tensorboard/`` and ``best.weights.h5`` in the
+stage folder, and stops with a ``RecipeError`` when the loss diverges.
+"""
+import csv
+import math
+import os
+from typing import Dict, List
+
+import numpy as np
+import tensorflow as tf
+
+from mntk import cost, regularizers
+from mntk import data as data_lib
+from mntk.compat import keras
+from mntk.train.callbacks import EpochSeededRandomness, StateBackup, TechniqueLogger
+from mntk.train.context import epoch_keyed_dataset, is_chief, saved_epoch
+from mntk.train.errors import RecipeError
+from mntk.train.objectives import soft_labels
+
+
+def training_data(ctx, first: int, epochs: int, teacher=None) -> tf.data.Dataset:
+    """Batches of epochs ``first..epochs-1`` (in-memory data: epoch-keyed, so a
+    resumed run sees the batches an uninterrupted one would)."""
+    config, data = ctx.config, ctx.data
+    gbs = ctx.global_batch_size(config.data.batch_size)
+    n_steps = ctx.steps()
+    if data.x_train is None:
+        train_ds = data.train.repeat()
+        return train_ds.map(_teacher_map(teacher)) if teacher is not None else train_ds
+    y = data.y_train
+    if teacher is not None:
+        y = _with_teacher_logits(teacher, data.x_train, y)
+    if soft_labels(config) and y.ndim == 1:
+        y = np.eye(data.num_classes, dtype=np.float32)[y]
+    seed = int(config.seed)
+    if n_steps < len(data.x_train) // gbs:
+        # capped epochs (smoke runs) still start at their own epoch key
+        train_ds = epoch_keyed_dataset(data.x_train, y, gbs, seed, first, first + 1).take(n_steps)
+        for e in range(first + 1, epochs):
+            train_ds = train_ds.concatenate(
+                epoch_keyed_dataset(data.x_train, y, gbs, seed, e, e + 1).take(n_steps))
+    else:
+        train_ds = epoch_keyed_dataset(data.x_train, y, gbs, seed, first, epochs)
+    if config.data.mix:
+        train_ds = data_lib.mix_batches(train_ds, config.data.mix,
+                                        alpha=float(config.data.mix_alpha), seed=seed + first)
+    return train_ds
+
+
+def validation_data(config, data, teacher=None) -> tf.data.Dataset:
+    if data.x_val is not None:
+        y = data.y_val
+        if teacher is not None:
+            y = _with_teacher_logits(teacher, data.x_val, y)
+        elif soft_labels(config) and y.ndim == 1:
+            y = np.eye(data.num_classes, dtype=np.float32)[y]
+        return tf.data.Dataset.from_tensor_slices((data.x_val, y)).batch(256)
+    if teacher is not None:
+        return data.validation.map(_teacher_map(teacher))
+    return data.validation
+
+
+def _with_teacher_logits(teacher, x, y):
+    """In-memory data: the teacher runs once over the split, not every epoch."""
+    logits = teacher.predict(x, batch_size=256, verbose=0)
+    return np.concatenate([np.asarray(y, np.float32).reshape(-1, 1), logits], 1)
+
+
+def _teacher_map(teacher):
+    """Streamed data: teacher logits computed batch by batch in the pipeline."""
+    def add_logits(x, y):
+        logits = tf.cast(teacher(x, training=False), tf.float32)
+        return x, tf.concat([tf.reshape(tf.cast(y, tf.float32), (-1, 1)), logits], 1)
+    return add_logits
+
+
+def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, List[float]]:
+    """``model.fit`` with resuming, logs, best-model checkpoint and NaN guard.
+
+    ``teacher``: a float model whose logits are appended to every label row
+    (``[label, teacher logits...]``), the targets ``mntk.losses.Distillation``
+    expects. Returns the per-epoch history of the whole stage (resumed epochs
+    included).
+    """
+    config = ctx.config
+    # one backup folder for every worker: BackupAndRestore writes the chief's
+    # checkpoint and worker-private temporaries there, and all workers restore
+    # from the chief's, so they resume at the same epoch.
+    backup_dir = os.path.join(ctx.stage_dir, "backup")
+    first = saved_epoch(backup_dir)
+    if teacher is not None and soft_labels(config):
+        raise RecipeError("distillation needs integer labels; turn off data.mix and "
+                          "data.one_hot for the distilled stage.")
+    train_ds = training_data(ctx, first, epochs, teacher)
+    validation = validation_data(config, ctx.data, teacher)
+    n_outputs = len(model.outputs)
+    if n_outputs > 1:  # multi-exit models: the same label for every output
+        train_ds = train_ds.map(lambda x, y: (x, (y,) * n_outputs))
+        validation = validation.map(lambda x, y: (x, (y,) * n_outputs))
+    history_csv = os.path.join(ctx.writable_dir(), "history.csv")
+    state = [v for r in regularizers.orthogonality_regularizers(model)
+             for v in getattr(r, "variables", [])]
+    all_callbacks = list(callbacks) + [
+        EpochSeededRandomness(int(config.seed)),
+        TechniqueLogger(),
+        cost.CostLogger(task=config.cost.task, freebie=bool(config.cost.freebie)),
+        StateBackup(state, backup_dir + "_state", chief=is_chief(),
+                    worker=os.path.basename(os.path.dirname(ctx.writable_dir("x")))),
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.CSVLogger(history_csv, append=first > 0),
+        keras.callbacks.TensorBoard(ctx.writable_dir("tensorboard"), profile_batch=0),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(ctx.writable_dir(), "best.weights.h5"),
+            monitor="val_loss", mode="min", save_best_only=True, save_weights_only=True),
+        keras.callbacks.TerminateOnNaN(),
+    ] + list(ctx.extra_callbacks)
+    model.fit(train_ds, epochs=epochs, steps_per_epoch=ctx.steps(), validation_data=validation,
+              callbacks=all_callbacks, verbose=int(config.verbose))
+    history = read_history(history_csv)
+    losses = history.get("loss", [])
+    if losses and not all(math.isfinite(v) for v in losses):
+        bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
+        raise RecipeError(
+            f"training loss became NaN/inf at epoch {bad} (learning rate "
+            f"{config.train.learning_rate}); lower train.learning_rate or check the input data.")
+    return history
+
+
+def read_history(path: str) -> Dict[str, List[float]]:
+    """Per-epoch columns of a Keras CSVLogger file."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    columns: Dict[str, List[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                columns.setdefault(key, []).append(float(value))
+            except (TypeError, ValueError):
+                pass
+    return columns

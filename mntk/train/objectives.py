@@ -1,0 +1,89 @@
+"""The loss, metrics and training tricks a recipe asks for.
+
+- ``base_loss``: cross-entropy on integer labels, or on one-hot / mixed
+  labels (``data.mix``, ``data.one_hot``) with optional label smoothing;
+- ``attach_tricks``: SRIP (Bansal et al. 2018) on the model's kernels and
+  KAIST's adaptive label smoothing, as ``config.tricks`` says;
+- ``compile_model``: the optimizer of ``mntk.train.optim`` with that loss.
+"""
+from typing import Any, Dict, List, Tuple
+
+from mntk import callbacks as callbacks_lib
+from mntk import losses, regularizers
+from mntk.compat import keras
+from mntk.train.errors import RecipeError
+from mntk.train.optim import make_optimizer
+
+
+def soft_labels(config) -> bool:
+    """True when the labels are one-hot rows (mixed batches, or ``data.one_hot``)."""
+    return bool(config.data.mix) or bool(config.data.one_hot)
+
+
+def base_loss(config):
+    smoothing = float(config.train.label_smoothing)
+    if soft_labels(config):
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+    if smoothing:
+        raise RecipeError("train.label_smoothing needs one-hot labels; set data.one_hot=True "
+                          "or use tricks.adaptive_smoothing.")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def accuracy_metric(config):
+    if soft_labels(config):
+        return keras.metrics.CategoricalAccuracy(name="accuracy")
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+
+def classifier_layer(model, config):
+    """The final Dense layer named ``config.model.classifier``, or the tfmot
+    pruning/QAT wrapper around it (AdaptiveLabelSmoothing unwraps it itself)."""
+    name = config.model.classifier
+    for layer in model.layers:
+        if layer.name == name or getattr(layer, "layer", layer).name == name:
+            return layer
+    raise RecipeError(f"model {model.name!r} has no classifier layer {name!r}; set "
+                      "model.classifier to the final Dense layer's name.")
+
+
+def attach_tricks(model, config) -> Tuple[Dict[str, Any], Any, List]:
+    """SRIP and adaptive label smoothing as ``config.tricks`` asks.
+
+    Returns (summary of the settings, the loss, the callbacks they need).
+    """
+    summary: Dict[str, Any] = {}
+    callbacks: List = []
+    loss = base_loss(config)
+    srip_cfg = config.tricks.srip
+    if srip_cfg.enabled:
+        srip = regularizers.apply_srip(
+            model, float(srip_cfg.coefficient), layers=srip_cfg.layers,
+            power_iterations=int(srip_cfg.power_iterations), squared=bool(srip_cfg.squared))
+        if srip_cfg.schedule:
+            callbacks.append(callbacks_lib.CoefficientSchedule(srip_cfg.schedule, target=srip))
+        summary["srip"] = dict(srip_cfg.items())
+    als_cfg = config.tricks.adaptive_smoothing
+    if als_cfg.enabled:
+        loss = losses.AdaptiveLabelSmoothing(classifier_layer(model, config),
+                                             epsilon=float(als_cfg.epsilon),
+                                             from_logits=True, refresh=als_cfg.refresh)
+        callbacks.append(loss.callback())
+        summary["adaptive_smoothing"] = {"epsilon": float(als_cfg.epsilon),
+                                         "refresh": als_cfg.refresh}
+    return summary, loss, callbacks
+
+
+@keras.utils.register_keras_serializable(package="mntk")
+def first_column_accuracy(y_true, y_pred):
+    """Top-1 accuracy against the label in column 0 of ``y_true`` (the
+    ``[label, teacher logits...]`` rows that ``mntk.losses.Distillation`` fits on)."""
+    return keras.metrics.sparse_categorical_accuracy(y_true[:, :1], y_pred)
+
+
+def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1,
+                  train_cfg=None, metrics=None):
+    """``model.compile`` with the recipe's optimizer (``train_cfg``: a stage's
+    merged optimizer fields; default ``config.train``)."""
+    model.compile(optimizer=make_optimizer(train_cfg or config.train, steps_per_epoch, replicas),
+                  loss=loss, metrics=metrics or [accuracy_metric(config)])

@@ -1,0 +1,45 @@
+"""Optimizers and learning-rate schedules of the recipe runner.
+
+``make_optimizer(cfg, steps_per_epoch, replicas)`` reads the optimizer fields
+of ``config.train`` (or a stage's merged copy, ``schema.section_train_config``):
+SGD (momentum, Nesterov), Adam or AdamW; constant, cosine (Loshchilov & Hutter
+2017, without restarts) or cosine with warm restarts whose cycles double in
+length (SGDR, t_mul=2). With ``scale_with_replicas`` the learning rate is
+multiplied by the replica count (linear scaling, Goyal et al. 2017), matching
+the global batch.
+"""
+from mntk.compat import keras
+from mntk.train.errors import RecipeError
+from mntk.train.schema import OPTIMIZERS, SCHEDULES
+
+
+def make_schedule(cfg, steps_per_epoch: int, replicas: int = 1):
+    """The learning rate (a float or a Keras schedule) over ``cfg.epochs`` epochs."""
+    lr = float(cfg.learning_rate) * (replicas if cfg.scale_with_replicas else 1)
+    total = max(1, int(cfg.epochs) * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return lr
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, total)
+    if cfg.schedule == "cosine_restarts":
+        # first cycle length chosen so `restart_cycles` doubling cycles fill the run:
+        # first * (1 + 2 + ... + 2^(c-1)) = first * (2^c - 1) = total
+        first = max(1, total // (2 ** int(cfg.restart_cycles) - 1))
+        return keras.optimizers.schedules.CosineDecayRestarts(lr, first, t_mul=2.0)
+    raise RecipeError(f"train.schedule={cfg.schedule!r} is unknown; use one of "
+                      f"{', '.join(SCHEDULES)}.")
+
+
+def make_optimizer(cfg, steps_per_epoch: int, replicas: int = 1):
+    """SGD/Adam/AdamW with ``make_schedule``'s learning rate."""
+    schedule = make_schedule(cfg, steps_per_epoch, replicas)
+    wd = float(cfg.weight_decay) or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=float(cfg.momentum),
+                                    nesterov=bool(cfg.nesterov), weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(schedule, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=float(cfg.weight_decay))
+    raise RecipeError(f"train.optimizer={cfg.optimizer!r} is unknown; use one of "
+                      f"{', '.join(OPTIMIZERS)}.")

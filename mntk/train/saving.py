@@ -1,0 +1,72 @@
+"""Saving and loading the model between stages.
+
+QAT models are saved as ``model.h5`` (tfmot's quantize wrappers do not load
+back from the ``.keras`` format), every other model as ``model.keras``.
+"""
+import os
+import shutil
+import weakref
+
+from mntk.export import is_qat_model
+from mntk.serialization import load_model
+from mntk.train.context import is_chief
+
+
+def is_pruned(model) -> bool:
+    """True when ``model`` holds tfmot pruning wrappers (``PruneLowMagnitude``)."""
+    return any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers)
+
+
+def is_quantized(model) -> bool:
+    """True when ``model`` holds tfmot QAT wrappers."""
+    return is_qat_model(model)
+
+
+def model_filename(model) -> str:
+    """``model.keras``, or ``model.h5`` for tfmot QAT models."""
+    return "model.h5" if is_qat_model(model) else "model.keras"
+
+
+# model -> the file its last stage saved (weak keys: a new model never
+# inherits a dead one's entry). The run's final model is a copy of that file:
+# re-saving would read distributed variables, a collective the other workers
+# of a multi-worker run (which do not save there) never join.
+_SAVED = weakref.WeakKeyDictionary()
+
+
+def save_model(model, directory: str) -> str:
+    path = os.path.join(directory, model_filename(model))
+    saved = _SAVED.get(model)
+    if saved and os.path.exists(saved) and os.path.basename(saved) == os.path.basename(path):
+        if os.path.abspath(saved) != os.path.abspath(path):
+            shutil.copyfile(saved, path)
+        return path
+    model.save(path)
+    _SAVED[model] = path
+    return path
+
+
+def save_stage_model(ctx) -> None:
+    """The chief saves into the stage folder; other workers (which hold the
+    same weights) into their own folder, so no two processes write one file."""
+    if ctx.model is not None:
+        folder = ctx.writable_dir()
+        os.makedirs(folder, exist_ok=True)
+        save_model(ctx.model, folder)
+
+
+def save_final_model(ctx) -> None:
+    if ctx.model is not None and is_chief():
+        save_model(ctx.model, ctx.workdir)
+
+
+def load_stage_model(ctx):
+    """The model a finished stage saved (or ``ctx.model`` if it saved none)."""
+    for filename in ("model.keras", "model.h5"):
+        path = os.path.join(ctx.stage_dir, filename)
+        if os.path.exists(path):
+            with ctx.strategy.scope():
+                # stages compile their own model; loading without the previous
+                # stage's loss and metrics also spares their custom objects
+                return load_model(path, compile=False)
+    return ctx.model

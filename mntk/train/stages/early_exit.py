@@ -1,0 +1,72 @@
+"""Stage ``early_exit``: exit heads on the trained model (OSI-AI's recipe).
+
+The heads are trained with the backbone frozen, thresholds calibrated on the
+validation split (``early_exit.target``), and the multi-exit model run with
+per-sample exit on the test split in Keras and as staged TFLite. ``ctx.model``
+stays the backbone.
+"""
+import functools
+import os
+
+import numpy as np
+
+from mntk import cost, early_exit, export, losses
+from mntk.train.objectives import base_loss
+from mntk.train.optim import make_optimizer
+from mntk.train.fit import fit
+from mntk.train.schema import section_train_config
+from mntk.train.summary import EarlyExitFigures, StagedTfliteFigures, StageSummary
+
+
+def early_exit_stage(ctx) -> StageSummary:
+    config, data = ctx.config, ctx.data
+    cfg = config.early_exit
+    # freeze_backbone flips the shared backbone layers; later stages (prune,
+    # quantize) must train them again.
+    trainable = [(layer, layer.trainable) for layer in ctx.model.layers]
+    head = cfg.head
+    if head == "osi" and cfg.head_bn_momentum is not None:
+        head = functools.partial(early_exit.osi_head, bn_momentum=float(cfg.head_bn_momentum))
+    stage_cfg = section_train_config(config, "early_exit")
+    with ctx.strategy.scope():
+        multi = early_exit.add_exits(ctx.model, at=list(cfg.at), head=head)
+        loss = None
+        if cfg.loss == "confidence_weighted":
+            loss = [losses.ConfidenceWeighted()] * (len(multi.outputs) - 1) + [base_loss(config)]
+        early_exit.compile_exits(
+            multi, make_optimizer(stage_cfg, ctx.steps(), ctx.replicas),
+            loss=loss, freeze_backbone=bool(cfg.freeze_backbone))
+    fit(ctx, multi, int(stage_cfg.epochs), [])
+    for layer, flag in trainable:
+        layer.trainable = flag
+    target = {k: float(v) for k, v in cfg.target.items() if v is not None}
+    limit = int(cfg.max_examples) or None
+    x_test, y_test = data.arrays("test", limit)
+    cal = early_exit.calibrate(multi, data.arrays("validation", limit), criterion=cfg.criterion,
+                               curve=True, verbose=0, **target)
+    for folder in (ctx.stage_dir, ctx.workdir):
+        cal.to_json(os.path.join(folder, "calibration.json"))
+    runner = early_exit.EarlyExitRunner(multi, cal)
+    logits, exits = runner.predict(x_test)
+    final = multi.predict(x_test, verbose=0)[-1]
+    rates = [float(r) for r in runner.exit_rates]
+    mean = cost.estimate(multi, exit_rates=rates)
+    backbone_ops = cost.estimate(ctx.model).ops
+    staged_dir = os.path.join(ctx.workdir, "staged_tflite")
+    export.to_tflite_staged(multi, cal, staged_dir, quantize="none", progress=False)
+    staged_logits, staged_exits = export.StagedRunner(staged_dir).predict(x_test)
+    multi.save(os.path.join(ctx.stage_dir, "multi.keras"))
+    accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
+    final_accuracy = float(np.mean(np.argmax(final, -1) == y_test))
+    return StageSummary(early_exit=EarlyExitFigures(
+        at=list(cfg.at), head=cfg.head, criterion=cal.criterion,
+        thresholds=[float(t) for t in cal.thresholds], calibration_target=target,
+        exit_rate=float(np.mean(exits < len(multi.outputs) - 1)), exit_rates=rates,
+        accuracy=accuracy, final_accuracy=final_accuracy,
+        accuracy_drop=final_accuracy - accuracy,
+        mean_ops=float(mean.ops), backbone_ops=float(backbone_ops),
+        ops_saved=float(1.0 - mean.ops / backbone_ops),
+        staged_tflite=StagedTfliteFigures(
+            directory=os.path.relpath(staged_dir, ctx.workdir),
+            agreement=float(np.mean(np.argmax(staged_logits, -1) == np.argmax(logits, -1))),
+            same_exits=float(np.mean(staged_exits == exits)))))

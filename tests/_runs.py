@@ -1,0 +1,54 @@
+"""Runs of the recipe runner shared by the test modules (each made once per
+session): ``all_stages(tmp_path_factory)`` runs every stage module on digits
+with two steps an epoch."""
+import os
+
+_CACHE = {}
+
+ALL_STAGES = ("train", "export", "early_exit", "prune", "quantize", "finetune")
+
+
+def digits_config(**overrides):
+    """``recipes/digits.py`` with ``overrides`` ({"train.epochs": 3, ...})."""
+    from recipes import digits
+    c = digits.get_config()
+    c.verbose = 0
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def all_stages_config():
+    """Every stage (learned bits with a cost target and distillation, so
+    ``finetune`` has bit widths to freeze), one or two epochs of two steps."""
+    import ml_collections
+    c = digits_config(**{"stages": ALL_STAGES, "train.epochs": 2,
+                         "train.max_steps_per_epoch": 2, "data.batch_size": 64,
+                         "early_exit.epochs": 1, "prune.epochs": 1,
+                         "quantize.epochs": 1, "quantize.scheme": "learned"})
+    c.quantize.cost_target = ml_collections.ConfigDict(
+        {"enabled": True, "target": 4.0, "coefficient": 0.1})
+    c.quantize.distillation = ml_collections.ConfigDict({"enabled": True})
+    c.finetune = ml_collections.ConfigDict({"epochs": 1, "learning_rate": 1e-4})
+    c.export.representative_examples = 32
+    c.export.verify_examples = 64
+    return c
+
+
+def all_stages(tmp_path_factory):
+    """(config, workdir, RunSummary) of the all-stages digits run."""
+    if "all" not in _CACHE:
+        from mntk import train
+        config = all_stages_config()
+        workdir = str(tmp_path_factory.mktemp("all_stages"))
+        summary = train.run(config, workdir)
+        _CACHE["all"] = (config, workdir, summary)
+    return _CACHE["all"]
+
+
+def stage_dir(workdir, k, name):
+    return os.path.join(workdir, "stages", f"{k}_{name}")
