@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -353,11 +352,14 @@ def test_digits_report_has_every_section_and_its_figures(copy_of):
     paths = report.write_report(workdir)
     assert paths[0] == os.path.join(workdir, "report.md")
     pngs = {os.path.basename(p) for p in paths[1:]}
-    assert pngs == set(report.FIGURE_FILES.values())
+    # digits scored on the CIFAR-100 rules: no leaderboard figure, and the page says why
+    assert pngs == set(report.FIGURE_FILES.values()) - {report.FIGURE_FILES["score"]}
     md = open(paths[0]).read()
-    assert section_titles(md) == ["Summary", "MicroNet score", "Stages", "TFLite export",
+    assert section_titles(md) == ["Summary", "Stages", "TFLite export",
                                   "Cost per layer", "Early exit", "Pruning", "Quantization",
                                   "Training curves"]
+    assert "No leaderboard comparison: this run's data set is digits, not the cifar100 " \
+           "task's own" in md
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert os.path.isfile(os.path.join(workdir, name))
     summary = read_json(os.path.join(workdir, "summary.json"))
@@ -384,6 +386,20 @@ def test_digits_report_has_every_section_and_its_figures(copy_of):
     assert ee["staged TFLite agrees with the Keras runner"] == [
         "-", pct(early["staged_tflite"]["agreement"])]
     assert f"calibrated for max_accuracy_drop={cal['target']['max_accuracy_drop']}" in md
+    assert f"| MicroNet score (cifar100) | {last_cost(summary)['score']:.6f} |" in md
+
+
+def test_leaderboard_only_for_a_run_on_the_tasks_own_data(copy_of):
+    workdir = copy_of(DIGITS)
+    summary = read_json(os.path.join(workdir, "summary.json"))
+    summary["dataset"] = "cifar100"   # as if the run had trained on CIFAR-100
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    paths = report.write_report(workdir)
+    assert os.path.join(workdir, report.FIGURE_FILES["score"]) in paths
+    md = open(paths[0]).read()
+    assert section_titles(md)[:2] == ["Summary", "MicroNet score"]
+    assert "No leaderboard comparison" not in md
     _, anchors = md_table(md, "anchor")
     assert [r[0] for r in anchors] == [l for l, _ in plots.LEADERBOARD["cifar100"]] + [
         "baseline model"]
@@ -420,7 +436,7 @@ def test_plain_run_leaves_out_early_exit_pruning_and_quantization(copy_of):
     workdir = copy_of(PLAIN)
     paths = report.write_report(workdir)
     md = open(paths[0]).read()
-    assert section_titles(md) == ["Summary", "MicroNet score", "Stages", "TFLite export",
+    assert section_titles(md) == ["Summary", "Stages", "TFLite export",
                                   "Cost per layer", "Training curves"]
     header, _ = md_table(md, "stage | accuracy")
     assert "sparsity" not in header and "mean bits" not in header
@@ -450,10 +466,10 @@ def test_missing_pieces_leave_their_sections_out(copy_of):
         json.dump(summary, f)
     paths = report.write_report(workdir)
     md = open(paths[0]).read()
-    assert section_titles(md) == ["Summary", "MicroNet score", "Stages", "TFLite export",
+    assert section_titles(md) == ["Summary", "Stages", "TFLite export",
                                   "Pruning", "Quantization"]
     # figures of the earlier report that this run no longer has are removed
-    assert sorted(os.path.basename(p) for p in paths[1:]) == ["report_score.png"]
+    assert paths[1:] == []
     for key in ("cost", "early_exit", "training"):
         assert not os.path.exists(os.path.join(workdir, report.FIGURE_FILES[key]))
 
@@ -475,6 +491,7 @@ def test_summary_only_directory_gives_a_summary_only_report(tmp_path):
     ("bad_json", r"summary.json is not valid JSON \(line 1"),
     ("list_json", r"summary.json holds a JSON list"),
     ("bad_cost", r"cost.json has no 'layers' list"),
+    ("unknown_key", r"summary.json does not follow the summary schema .*'mean_bits'"),
 ])
 def test_unreadable_or_foreign_directories_are_clear_errors(tmp_path, setup, pattern):
     workdir = tmp_path / "run"
@@ -484,7 +501,8 @@ def test_unreadable_or_foreign_directories_are_clear_errors(tmp_path, setup, pat
         workdir.mkdir()
         files = {"foreign": ("notes.txt", "hello"), "bad_json": ("summary.json", "{oops"),
                  "list_json": ("summary.json", "[1, 2]"),
-                 "bad_cost": ("summary.json", "{}")}
+                 "bad_cost": ("summary.json", "{}"),
+                 "unknown_key": ("summary.json", '{"recipe": "r", "mean_bits": 2.0}')}
         name, text = files[setup]
         (workdir / name).write_text(text)
         if setup == "bad_cost":
@@ -602,21 +620,18 @@ def test_html_opens_in_headless_chromium_without_console_errors(chromium, copy_o
 # --------------------------------------------------------------------- CLI
 
 @pytest.mark.slow
-def test_cli_report_prints_paths_and_one_line_errors(copy_of, tmp_path):
+def test_cli_report_prints_paths_and_one_line_errors(copy_of, tmp_path, capsys):
+    from mntk import cli
     workdir = copy_of(DIGITS)
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    done = subprocess.run([sys.executable, "-m", "mntk.cli", "report", workdir, "--html"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    printed = done.stdout.split()
+    assert cli.main(["mntk", "report", workdir, "--html"]) == 0
+    printed = capsys.readouterr().out.split()
     assert printed[:2] == [os.path.join(workdir, "report.md"),
                            os.path.join(workdir, "report.html")]
     assert all(os.path.isfile(p) for p in printed)
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = subprocess.run([sys.executable, "-m", "mntk.cli", "report", str(empty)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert done.returncode == 1
-    errors = [l for l in done.stderr.splitlines() if l.startswith("mntk report: error:")]
+    assert cli.main(["mntk", "report", str(empty)]) == 1
+    err = capsys.readouterr().err
+    errors = [l for l in err.splitlines() if l.startswith("mntk report: error:")]
     assert len(errors) == 1 and "summary.json is missing" in errors[0]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in err

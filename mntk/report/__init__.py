@@ -25,7 +25,9 @@ FIGURE_FILES = {"score": "report_score.png", "cost": "report_cost.png",
 def figures(run: Run) -> dict:
     """{key: matplotlib Figure} of every figure the run has data for."""
     out = {}
-    if run.score is not None and run.task in plots.LEADERBOARD:
+    # the leaderboard only for a run on the task's own data: a digits model
+    # "0.04x the best CIFAR-100 entry" would mislead
+    if run.score is not None and run.task in plots.LEADERBOARD and run.on_task_data:
         out["score"] = plots.score_anchors(run.score, run.task)
     if run.cost is not None and run.cost.get("layers"):
         out["cost"] = plots.cost_bars(run.cost)

@@ -101,8 +101,8 @@ def _summary_section(run: Run) -> Section:
     accuracy = run.final_accuracy
     if accuracy is not None:
         rows.append(("test accuracy (final model)", fmt(accuracy, "pct")))
-    if finite(s.get("accuracy")) and accuracy is not None and abs(s["accuracy"] - accuracy) > 1e-9:
-        rows.append(("test accuracy (float model)", fmt(s["accuracy"], "pct")))
+    if finite(s.accuracy) and accuracy is not None and abs(s.accuracy - accuracy) > 1e-9:
+        rows.append(("test accuracy (float model)", fmt(s.accuracy, "pct")))
     cost = run.final_cost
     if finite(cost.get("params")):
         rows.append(("params (32-bit equivalents)", fmt(cost["params"], "si")))
@@ -116,7 +116,7 @@ def _summary_section(run: Run) -> Section:
                 extra = (f", agreement {fmt(r['agreement'], 'pct')}"
                          if finite(r.get("agreement")) else "")
                 rows.append((f"TFLite {name}", f"{fmt(r['bytes'], 'bytes')} bytes{extra}"))
-    early = s.get("early_exit") if isinstance(s.get("early_exit"), dict) else {}
+    early = s.early_exit.to_dict() if s.early_exit is not None else {}
     cal = run.calibration or {}
     rate = early.get("exit_rate")
     if not finite(rate) and cal.get("exit_rates"):
@@ -133,17 +133,22 @@ def _summary_section(run: Run) -> Section:
         rows.append(("sparsity (mean over layers)", fmt(sparsity, "pct")))
     if bits is not None:
         rows.append(("mean weight bits", fmt(bits, "bits")))
-    if finite(s.get("seconds")) and s["seconds"] > 0:
-        rows.append(("run time", f"{s['seconds']:.0f} s"))
+    if finite(s.seconds) and s.seconds > 0:
+        rows.append(("run time", f"{s.seconds:.0f} s"))
     blocks = [("table", ("figure", "value"), rows)]
-    note = cost.get("note") or (s.get("cost") or {}).get("note")
+    note = cost.get("note") or (s.cost.note if s.cost is not None else None)
     if note:
         blocks.append(("p", f"Note: {note}."))
+    if run.score is not None and not run.on_task_data:
+        blocks.append(("p", f"No leaderboard comparison: this run's data set is "
+                            f"{s.dataset or 'not recorded'}, not the {run.task} task's own, so "
+                            "its score is for scale only."))
     return Section("summary", "Summary", blocks)
 
 
 def _score_section(run: Run, image: Optional[str]) -> Optional[Section]:
-    if run.score is None or run.task not in LEADERBOARD or image is None:
+    if run.score is None or run.task not in LEADERBOARD or image is None \
+            or not run.on_task_data:
         return None
     rows = [(label, f"{value:g}", f"{run.score / value:.3g}x")
             for label, value in LEADERBOARD[run.task]]
@@ -218,8 +223,7 @@ def _early_exit_section(run: Run, image: Optional[str]) -> Optional[Section]:
     cal = run.calibration
     if cal is None or image is None:
         return None
-    early = run.summary.get("early_exit") if isinstance(run.summary.get("early_exit"),
-                                                       dict) else {}
+    early = run.summary.early_exit.to_dict() if run.summary.early_exit is not None else {}
     rates = cal.get("exit_rates") or []
     sign = ">=" if cal.get("criterion", "max_softmax") == "max_softmax" else "<="
     where = (f"Exit heads at {', '.join(map(str, early['at']))} ({early.get('head', '?')} "
@@ -268,7 +272,9 @@ def _fmt_key(key: str, value: Any) -> str:
 
 
 def _group_section(run: Run, key: str, title: str) -> Optional[Section]:
-    pairs = _scalars(run.summary.get(key), skip=("history", "cost"))
+    section = getattr(run.summary, key)
+    pairs = _scalars(section.to_dict() if section is not None else None,
+                     skip=("history", "cost"))
     if not pairs:
         return None
     return Section(key, title, [("table", ("figure", "value"),

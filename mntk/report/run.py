@@ -5,12 +5,12 @@ Layout read (every part but ``summary.json`` is optional)::
     WORKDIR/summary.json                  merged summary of the run (required)
     WORKDIR/cost.json                     mntk.cost report of the final model
     WORKDIR/calibration.json              early-exit calibration (with its curve)
-    WORKDIR/history.csv                   per-epoch log of a single-stage run
     WORKDIR/stages/<k>_<stage>/           per stage: summary.json, history.csv
                                           (Keras CSVLogger), cost.json,
                                           calibration.json
 
-Only the standard library is used, so reading a run imports no TensorFlow.
+``summary.json`` is read through its schema, ``mntk.train.summary``
+(standard library only: reading a run imports no model code).
 A missing part leaves its section out of the report; a part that exists but
 cannot be read is an error naming the file (never silently skipped).
 """
@@ -22,10 +22,9 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["ReportError", "Stage", "Run", "load_run", "read_history", "stage_figures"]
+from mntk.train.summary import RunSummary, StageSummary, SummaryError
 
-#: Keys under which the later stages (``mntk.stages``) report their figures.
-SECTION_KEYS = ("early_exit", "pruning", "quantization")
+__all__ = ["ReportError", "Stage", "Run", "load_run", "read_history", "stage_figures"]
 
 History = Dict[str, List[float]]
 
@@ -36,11 +35,12 @@ class ReportError(ValueError):
 
 @dataclasses.dataclass
 class Stage:
-    """One stage of a run: its summary figures, per-epoch history and cost."""
+    """One stage of a run: its summary (``mntk.train.summary.StageSummary``),
+    per-epoch history and ``cost.json``."""
     index: int
     name: str
     directory: Optional[str]
-    summary: Dict[str, Any]
+    summary: StageSummary
     history: History
     cost: Optional[Dict[str, Any]] = None
 
@@ -49,20 +49,19 @@ class Stage:
 class Run:
     """What a report shows, read from one work directory."""
     workdir: str
-    summary: Dict[str, Any]
+    summary: RunSummary
     cost: Optional[Dict[str, Any]]
     calibration: Optional[Dict[str, Any]]
     stages: List[Stage]
 
     @property
     def recipe(self) -> str:
-        return str(self.summary.get("recipe") or os.path.basename(
-            os.path.normpath(self.workdir)))
+        return self.summary.recipe or os.path.basename(os.path.normpath(self.workdir))
 
     def _costs(self) -> List[Dict[str, Any]]:
         """Cost figures, the final model's first: last stage's, summary's, cost.json."""
         staged = [stage_figures(s)["cost"] for s in reversed(self.stages)]
-        top = self.summary.get("cost")
+        top = self.summary.cost.to_dict() if self.summary.cost is not None else None
         return [c for c in staged + [top, self.cost] if isinstance(c, dict) and c]
 
     @property
@@ -88,12 +87,18 @@ class Run:
         return None
 
     @property
+    def on_task_data(self) -> bool:
+        """True when the run trained on the scoring task's own data set, so its
+        score may be set against the leaderboard."""
+        return self.summary.scored_on_task_data(self.task)
+
+    @property
     def final_accuracy(self) -> Optional[float]:
         for stage in reversed(self.stages):
             acc = stage_figures(stage)["accuracy"]
             if acc is not None and stage.name != "early_exit":
                 return acc
-        return float(self.summary["accuracy"]) if finite(self.summary.get("accuracy")) else None
+        return self.summary.accuracy if finite(self.summary.accuracy) else None
 
     def histories(self) -> List[Tuple[str, History]]:
         """(stage name, history) of every stage that logged epochs, in run order."""
@@ -107,47 +112,25 @@ def finite(value) -> bool:
     return math.isfinite(value)
 
 
-def _first(sources, key, test=finite):
-    for source in sources:
-        if isinstance(source, dict) and test(source.get(key)):
-            return source[key]
-    return None
+def _as_dict(value) -> Dict[str, Any]:
+    return value.to_dict() if value is not None else {}
 
 
 def stage_figures(stage: Stage) -> Dict[str, Any]:
-    """A stage's headline figures wherever the stage put them.
-
-    The train/export stages report at the top of their summary; early_exit,
-    prune and quantize under their section key (``mntk.stages``). Returns
-    ``accuracy``, ``cost`` (dict, maybe empty), ``tflite`` ({file: figures}),
-    ``sparsity`` (overall: the value, or the mean over layers of a per-layer
-    dict) and ``bits`` (mean weight bits), each None when absent.
-    """
-    s = stage.summary
-    sources = [s] + [s.get(k) for k in SECTION_KEYS if isinstance(s.get(k), dict)]
-    cost = _first(sources, "cost", lambda v: isinstance(v, dict) and bool(v)) or {}
+    """A stage's headline figures (``StageSummary.figures``) as plain values:
+    ``accuracy``, ``cost`` (dict, maybe empty), ``tflite`` ({file: dict}),
+    ``sparsity`` (mean over layers) and ``bits`` (mean weight bits), each None
+    when the stage has none."""
+    figures = stage.summary.figures()
+    cost = _as_dict(figures["cost"])
     if not cost and stage.cost:
         cost = {k: stage.cost.get(k) for k in ("params", "ops", "score", "task")}
-    early = s.get("early_exit") if isinstance(s.get("early_exit"), dict) else {}
-    if not cost and finite(early.get("mean_ops")):
-        cost = {"ops": early["mean_ops"]}  # mean over examples with early exit
-    tflite = {}
-    for source in sources:
-        found = source.get("tflite") if isinstance(source, dict) else None
-        if isinstance(found, dict) and finite(found.get("bytes")):
-            name = os.path.basename(str(found.get("path") or "model.tflite"))
-            tflite[name] = found
-        elif isinstance(found, dict):
-            tflite.update({k: v for k, v in found.items() if isinstance(v, dict)})
-    sparsity = _first(sources, "sparsity", lambda v: finite(v) or isinstance(v, dict))
-    if isinstance(sparsity, dict):
-        values = [float(v) for v in sparsity.values() if finite(v)]
-        sparsity = sum(values) / len(values) if values else None
-    bits = None
-    for key in ("mean_weight_bits", "mean_bits", "weight_bits"):
-        bits = bits if bits is not None else _first(sources, key)
-    return {"accuracy": _first(sources, "accuracy"), "cost": cost, "tflite": tflite,
-            "sparsity": sparsity, "bits": bits}
+    early = stage.summary.early_exit
+    if not cost and early is not None:
+        cost = {"ops": early.mean_ops}  # mean over examples with early exit
+    return {"accuracy": figures["accuracy"], "cost": cost,
+            "tflite": {name: t.to_dict() for name, t in figures["tflite"].items()},
+            "sparsity": figures["sparsity"], "bits": figures["bits"]}
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -195,17 +178,6 @@ def read_history(path: str) -> History:
             if any(not math.isnan(x) for x in v)}
 
 
-def _history_from_summary(history: Any) -> History:
-    if not isinstance(history, dict):
-        return {}
-    out = {}
-    for key, values in history.items():
-        if isinstance(values, list) and values and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            out[str(key)] = [float(v) for v in values]
-    return out
-
-
 _STAGE_DIR = re.compile(r"^(\d+)_(.+)$")
 
 
@@ -223,7 +195,7 @@ def _stage_dirs(workdir: str) -> Dict[int, Tuple[str, str]]:
 
 
 def _load_stage(index: int, name: str, directory: Optional[str],
-                summary: Dict[str, Any]) -> Stage:
+                summary: Optional[StageSummary]) -> Stage:
     history: History = {}
     cost = None
     if directory is not None:
@@ -231,44 +203,37 @@ def _load_stage(index: int, name: str, directory: Optional[str],
         if os.path.isfile(csv_path):
             history = read_history(csv_path)
         cost = _optional_json(os.path.join(directory, "cost.json"))
-        if not summary:
-            summary = _optional_json(os.path.join(directory, "summary.json")) or {}
+        if summary is None:
+            path = os.path.join(directory, "summary.json")
+            found = _optional_json(path)
+            summary = _schema(StageSummary, found, path) if found is not None else None
+    summary = summary or StageSummary(name=name)
     if not history:
-        for source in [summary] + [summary.get(k) for k in SECTION_KEYS]:
-            if isinstance(source, dict) and not history:
-                history = _history_from_summary(source.get("history"))
+        for section in (summary, summary.pruning, summary.quantization):
+            if section is not None and section.history and not history:
+                history = {k: [float(v) for v in values]
+                           for k, values in section.history.items()}
     return Stage(index=index, name=name, directory=directory, summary=summary,
                  history=history, cost=cost)
 
 
-def _stages(workdir: str, summary: Dict[str, Any]) -> List[Stage]:
+def _stages(workdir: str, summary: RunSummary) -> List[Stage]:
     dirs = _stage_dirs(workdir)
-    listed = summary.get("stages")
     stages = []
-    if isinstance(listed, list) and listed:
-        for k, entry in enumerate(listed):
-            entry = entry if isinstance(entry, dict) else {"name": str(entry)}
-            name = str(entry.get("name", f"stage{k}"))
+    if summary.stages:
+        for k, entry in enumerate(summary.stages):
+            name = entry.name or f"stage{k}"
             directory = dirs[k][1] if k in dirs and dirs[k][0] == name else None
             stages.append(_load_stage(k, name, directory, entry))
     elif dirs:
         for k in sorted(dirs):
             name, directory = dirs[k]
-            stages.append(_load_stage(k, name, directory, {}))
-    else:
-        # A single-stage run that wrote its log at the top level.
-        stage = _load_stage(0, "train", None, summary)
-        top_csv = os.path.join(workdir, "history.csv")
-        if os.path.isfile(top_csv):
-            stage.history = read_history(top_csv)
-        if stage.history:
-            stages.append(stage)
+            stages.append(_load_stage(k, name, directory, None))
     return stages
 
 
-def _calibration(workdir: str, stages: List[Stage],
-                 summary: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """calibration.json at the top, else the last stage's, else the summary's."""
+def _calibration(workdir: str, stages: List[Stage]) -> Optional[Dict[str, Any]]:
+    """calibration.json at the top, else the last stage's."""
     top = _optional_json(os.path.join(workdir, "calibration.json"))
     if top is not None:
         return top
@@ -277,13 +242,15 @@ def _calibration(workdir: str, stages: List[Stage],
             found = _optional_json(os.path.join(stage.directory, "calibration.json"))
             if found is not None:
                 return found
-    early = summary.get("early_exit")
-    if isinstance(early, dict):
-        for candidate in (early.get("calibration"), early):
-            if isinstance(candidate, dict) and "mean_ops" in candidate and \
-                    "accuracy" in candidate and "curve" in candidate:
-                return candidate
     return None
+
+
+def _schema(cls, data: Dict[str, Any], path: str):
+    try:
+        return cls.from_dict(data, os.path.basename(path))
+    except SummaryError as e:
+        raise ReportError(f"{path} does not follow the summary schema "
+                          f"(mntk.train.summary): {e}; rerun the stage that wrote it.") from None
 
 
 def load_run(workdir: str) -> Run:
@@ -307,7 +274,7 @@ def load_run(workdir: str) -> Run:
             f"(found: {', '.join(present) if present else 'nothing'}). `mntk train "
             f"--config=recipes/NAME.py --workdir={workdir}` writes one; a run that "
             "was stopped early writes it when resumed to the end.")
-    summary = _read_json(summary_path)
+    summary = _schema(RunSummary, _read_json(summary_path), summary_path)
     stages = _stages(workdir, summary)
     cost_path = os.path.join(workdir, "cost.json")
     cost = _optional_json(cost_path)
@@ -319,4 +286,4 @@ def load_run(workdir: str) -> Run:
         raise ReportError(f"{cost_path} has no 'layers' list; it is not an mntk.cost "
                           "report (CostReport.to_json()).")
     return Run(workdir=workdir, summary=summary, cost=cost,
-               calibration=_calibration(workdir, stages, summary), stages=stages)
+               calibration=_calibration(workdir, stages), stages=stages)

@@ -162,6 +162,10 @@ class QuantizationFigures(_Figures):
     cost: Optional[CostFigures] = None
 
 
+#: The data sets each MicroNet task is scored on: a run on any other data set
+#: has a score for scale only (it is not comparable with the leaderboard).
+TASK_DATASETS = {"cifar100": ("cifar100",), "imagenet": ("imagenet2012",)}
+
 #: Sections of a stage summary that the later stages fill.
 SECTIONS = ("early_exit", "pruning", "quantization")
 #: Top-level figures of the float model (train and export stages).
@@ -233,6 +237,11 @@ class RunSummary(_Figures):
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         out["stages"] = [s.to_dict() for s in self.stages]
         return out
+
+    def scored_on_task_data(self, task: Optional[str]) -> bool:
+        """True when the run's data set is the one ``task`` is scored on
+        (a digits model scored against CIFAR-100 is not)."""
+        return self.dataset in TASK_DATASETS.get(task or "", ())
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
