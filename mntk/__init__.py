@@ -4,14 +4,18 @@ Submodules are imported on first use (``mntk.cost``, ``mntk.export``, ...), so
 ``import mntk`` stays cheap and each part only pulls in what it needs.
 """
 import importlib
+import os
 
-from mntk import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+# tf_keras for tf.keras everywhere: set before TensorFlow is first imported.
+# TensorFlow itself is imported by the submodules (mntk.compat), not here, so
+# the CLI can silence its start-up logs first.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "callbacks", "cost", "data", "early_exit", "export", "global_pruning", "losses",
-    "models",
+    "compat", "callbacks", "cost", "data", "early_exit", "export", "global_pruning",
+    "losses", "models",
     "pruning", "quantization", "regularizers", "report", "train", "cli",
     "serialization", "wrapped", "prepare", "schedules",
 )

@@ -9,17 +9,51 @@ Subcommands:
   report     one-page report of a work directory
 
 ``mntk SUBCOMMAND --help`` lists that subcommand's flags. Errors print one
-line (``mntk SUBCOMMAND: error: ...``) and exit with status 2.
+line (``mntk SUBCOMMAND: error: ...``) without a traceback and exit with
+status 2 (bad command line) or 1 (the run failed); Ctrl-C exits with 130.
+TensorFlow's start-up log lines are silenced unless ``--verbosity=0`` (or
+higher) is given.
 """
 import os
 import sys
+import warnings
+
+# Third-party chatter TensorFlow writes to stderr (C++ log lines at import and
+# device start-up, absl and Python warnings) is silenced before TensorFlow is
+# first imported, unless --verbosity asks for it.
+VERBOSE = any(a.startswith("--verbosity") for a in sys.argv[1:])
+
+
+def _quiet_tensorflow_start():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)   # C++ lines written before TensorFlow's log level applies
+    try:
+        import tensorflow as tf
+        tf.config.list_physical_devices()   # device start-up logs here, still muted
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if not VERBOSE:
+    _quiet_tensorflow_start()
+    for _module in ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization",
+                    "ai_edge_litert", "absl", "h5py", "numpy"):
+        warnings.filterwarnings("ignore", module=_module)
 
 from mntk import compat  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
+
+if not VERBOSE:
+    absl_logging.set_verbosity(absl_logging.ERROR)
 
 FLAGS = flags.FlagValues()  # a fresh set per main() call (main is re-entrant)
 SUBCOMMANDS = {}
@@ -51,9 +85,13 @@ def _config_flag(required=True):
 def _flags_train():
     _config_flag()
     flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).",
-        flag_values=FLAGS)
+                        flag_values=FLAGS)
     flags.DEFINE_list("stages", None, "Run only these stages (default: the recipe's).",
-        flag_values=FLAGS)
+                      flag_values=FLAGS)
+    flags.DEFINE_bool("force", False, "Go on in a work directory run with another config "
+                      "(its finished stages are kept).", flag_values=FLAGS)
+    flags.DEFINE_string("restart_from", None, "Redo this stage and the ones after it "
+                        "(their folders are removed first).", flag_values=FLAGS)
     flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
@@ -61,7 +99,8 @@ def _flags_train():
 def train():
     """Run a recipe's stages into --workdir (resumes if it exists)."""
     from mntk.train.loop import run
-    summary = run(_config(), FLAGS.workdir, stages=FLAGS.stages)
+    summary = run(_config(), FLAGS.workdir, stages=FLAGS.stages, force=FLAGS.force,
+                  restart_from=FLAGS.restart_from)
     print(format_summary(summary))
     print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}")
 
@@ -83,10 +122,11 @@ def evaluate():
     data = load_data(_config())
     if model_path.endswith(".tflite"):
         from mntk.early_exit.outputs import predict_tflite
+        _check_tflite(model_path, data.x_test)
         names, outputs = predict_tflite(model_path, data.x_test)  # final last, by structure
     else:
-        from mntk.serialization import load_model
-        model = load_model(model_path)
+        model = _load_model(model_path)
+        _check_input_shape(model_path, model.input_shape, data.input_shape)
         outputs = model.predict(data.x_test, verbose=0)
         outputs = outputs if isinstance(outputs, list) else [outputs]
         names = list(model.output_names)
@@ -102,7 +142,7 @@ def _flags_export():
     flags.DEFINE_string("model", None, "A saved .keras model.", flag_values=FLAGS)
     flags.DEFINE_string("out", None, "Output .tflite path.", flag_values=FLAGS)
     flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "int8"], "Quantization.",
-        flag_values=FLAGS)
+                      flag_values=FLAGS)
     flags.mark_flags_as_required(["model", "out"], flag_values=FLAGS)
 
 
@@ -110,12 +150,13 @@ def _flags_export():
 def export_():
     """Convert --model (.keras) to --out (.tflite)."""
     from mntk import export
-    from mntk.serialization import load_model
-    model = load_model(_existing(FLAGS.model))
+    model = _load_model(_existing(FLAGS.model))
     rep = None
     if FLAGS.quantize == "int8" and FLAGS.config is not None:
         from mntk.train.context import load_data
-        rep = load_data(_config()).x_train[:200]
+        data = load_data(_config())
+        _check_input_shape(FLAGS.model, model.input_shape, data.input_shape)
+        rep = data.x_train[:200]
     result = export.to_tflite(model, FLAGS.out, quantize=FLAGS.quantize,
                               representative_data=rep)
     print(f"wrote {result.path} ({result.bytes} bytes)")
@@ -124,9 +165,9 @@ def export_():
 def _flags_cost():
     _config_flag(required=False)
     flags.DEFINE_string("model", None, "A saved .keras model (or give --config).",
-        flag_values=FLAGS)
+                        flag_values=FLAGS)
     flags.DEFINE_enum("task", None, ["cifar100", "imagenet"], "Score against this task.",
-        flag_values=FLAGS)
+                      flag_values=FLAGS)
     flags.DEFINE_bool("freebie", False, "Count an unquantized model at 16 bits.", flag_values=FLAGS)
     flags.DEFINE_bool("json", False, "Print JSON instead of a table.", flag_values=FLAGS)
 
@@ -137,8 +178,7 @@ def cost():
     import json
     from mntk import cost as cost_lib
     if FLAGS.model:
-        from mntk.serialization import load_model
-        model = load_model(_existing(FLAGS.model))
+        model = _load_model(_existing(FLAGS.model))
     elif FLAGS.config is not None:
         from mntk import models
         from mntk.train.context import load_data
@@ -156,11 +196,11 @@ def _flags_calibrate():
     _config_flag()
     flags.DEFINE_string("model", None, "A saved multi-exit .keras model.", flag_values=FLAGS)
     flags.DEFINE_enum("criterion", "max_softmax", ["max_softmax", "entropy"], "Confidence.",
-        flag_values=FLAGS)
+                      flag_values=FLAGS)
     flags.DEFINE_float("exit_rate", None, "Target fraction leaving before the final output.",
-        flag_values=FLAGS)
+                       flag_values=FLAGS)
     flags.DEFINE_float("max_accuracy_drop", None, "Largest accuracy drop allowed.",
-        flag_values=FLAGS)
+                       flag_values=FLAGS)
     flags.DEFINE_float("mean_ops", None, "Budget of mean ops per example.", flag_values=FLAGS)
     flags.DEFINE_string("out", None, "Write the calibration JSON here.", flag_values=FLAGS)
     flags.mark_flag_as_required("model", flag_values=FLAGS)
@@ -170,10 +210,10 @@ def _flags_calibrate():
 def calibrate():
     """Early-exit thresholds of --model on --config's validation data."""
     from mntk import early_exit
-    from mntk.serialization import load_model
     from mntk.train.context import load_data
-    multi = load_model(_existing(FLAGS.model))
+    multi = _load_model(_existing(FLAGS.model))
     data = load_data(_config())
+    _check_input_shape(FLAGS.model, multi.input_shape, data.input_shape)
     targets = {k: getattr(FLAGS, k) for k in ("exit_rate", "max_accuracy_drop", "mean_ops")
                if getattr(FLAGS, k) is not None}
     if len(targets) != 1:
@@ -250,11 +290,50 @@ def format_summary(summary) -> str:
     return "\n".join(lines)
 
 
+def _shape_text(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _check_input_shape(path, model_shape, data_shape):
+    """Refuse data of another image size: LiteRT would resize it silently."""
+    expected = tuple(int(d) if d is not None else None for d in list(model_shape)[1:])
+    got = tuple(int(d) for d in data_shape)
+    if len(expected) != len(got) or any(e is not None and e != g
+                                        for e, g in zip(expected, got)):
+        raise UsageError(f"{path} expects {_shape_text(expected)} inputs, but --config's data "
+                         f"is {_shape_text(got)}; set --config.data.image_size (and "
+                         "--config.data.channels) to the model's input")
+
+
+def _load_model(path):
+    """``mntk.load_model`` with a one-line error for a file that is not a model."""
+    from mntk.serialization import load_model
+    try:
+        return load_model(path)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001  (any reader error: the file is not a model)
+        raise UsageError(f"cannot load {path} as a Keras model (.keras or .h5): "
+                         f"{_one_line(e)[:200]}; give a model saved by mntk or Keras") from None
+
+
 def _run_tflite(path, x, batch_size=256):
     """Final output of a float-io TFLite file on ``x`` (found by the graph's
     structure, not by output name; see mntk.early_exit.outputs)."""
     from mntk.early_exit.outputs import predict_tflite
+    _check_tflite(path, x)
     return predict_tflite(path, x, batch_size)[1][-1]
+
+
+def _check_tflite(path, x):
+    """A file LiteRT can load, whose input is the shape of ``x``'s examples."""
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        interpreter = Interpreter(model_path=path)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot load {path} as a TFLite model: {_one_line(e)[:200]}") from None
+    shape = interpreter.get_input_details()[0]["shape"]
+    _check_input_shape(path, [None] + list(shape[1:]), x.shape[1:])
 
 
 def _config():
@@ -319,6 +398,8 @@ def main(argv=None) -> int:
         flags.FLAGS(["mntk"], known_only=True)
     FLAGS = flags.FlagValues()
     define()
+    flags.DEFINE_integer("verbosity", -1, "0 or more: show TensorFlow's log lines "
+                         "(silenced by default).", flag_values=FLAGS)
     own_flags = sorted(FLAGS)
     rest = argv[2:]
     if any(a in ("-h", "--help", "--helpshort") for a in rest):
@@ -329,27 +410,42 @@ def main(argv=None) -> int:
         rest, OVERRIDES[:] = split_overrides(rest)
         ARGS[:] = [a for a in FLAGS([f"mntk {name}"] + rest)[1:]]
     except UsageError as e:
-        print(f"mntk {name}: error: {e}", file=sys.stderr)
-        return 2
-    except TypeError as e:
-        print(f"mntk {name}: error: the recipe's get_config does not take that argument "
-              f"({_one_line(e)}); it has no smoke settings", file=sys.stderr)
-        return 2
-    except (flags.Error, ValueError, KeyError, AttributeError, FileNotFoundError) as e:
-        print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(name, e, 2)
+    except Exception as e:  # noqa: BLE001  (flag and recipe-file errors: one line)
+        return _error(name, _recipe_file_error(e), 2)
     try:
         fn()
     except UsageError as e:
-        print(f"mntk {name}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as e:
-        print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return _error(name, e, 2)
+    except KeyboardInterrupt:
+        return _error(name, "interrupted; rerun the same command to resume from the last "
+                            "finished epoch", 130)
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
+        return _error(name, e, 1)
+    except Exception as e:  # noqa: BLE001  (TensorFlow's own errors: one line too)
+        return _error(name, f"{type(e).__name__}: {_one_line(e)}", 1)
     return 0
 
 
-def _one_line(e: BaseException) -> str:
+def _error(name: str, e, status: int) -> int:
+    print(f"mntk {name}: error: {_one_line(e)}", file=sys.stderr)
+    return status
+
+
+def _recipe_file_error(e: BaseException) -> str:
+    """A flag error; a recipe file that fails to load is named with the last
+    line of its traceback (ml_collections puts the whole traceback in it)."""
+    text = str(e)
+    if "Traceback (most recent call last)" in text:
+        last = [l.strip() for l in text.strip().splitlines() if l.strip()][-1]
+        if "get_config() takes" in last:
+            return (f"the recipe's get_config takes no argument ({last}); drop ':ARG' "
+                    "or --config.smoke (this recipe has no smoke settings)")
+        return f"cannot load the recipe file: {last}"
+    return text
+
+
+def _one_line(e) -> str:
     text = str(e).strip() or type(e).__name__
     return " ".join(text.split())
 

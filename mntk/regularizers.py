@@ -23,6 +23,7 @@ import threading
 import weakref
 
 import tensorflow as tf
+from tensorflow.python.eager import record as _record  # no public "is a tape recording?"
 
 from mntk.compat import ensure_tf_keras, keras
 from mntk.orthogonality import (  # noqa: F401  (re-exported helpers)
@@ -139,12 +140,24 @@ class SRIP(OrthogonalityRegularizer):
         vector = self.vector_for(kernel, layout)
         estimate, next_vector = spectral_norm_estimate(
             residual, self.power_iterations, vector=vector, squared=self.squared)
+        if not _in_training_step():
+            # `model.losses` read outside a training step (evaluation, a
+            # checkpoint callback, a user): the estimate, but the vector stays,
+            # so a resumed run's backed-up vector is the one training left
+            return estimate
         with tf.control_dependencies([vector.assign(next_vector)]):
             return tf.identity(estimate)
 
     def get_config(self):
         return {**super().get_config(), "power_iterations": self.power_iterations,
                 "squared": self.squared}
+
+
+def _in_training_step() -> bool:
+    """True inside a training step: a ``GradientTape`` is recording (Keras'
+    ``train_step`` reads the losses under one; ``test_step``, callbacks and
+    user code reading ``model.losses`` do not)."""
+    return _record.could_possibly_record()
 
 
 @keras.utils.register_keras_serializable(package="mntk")

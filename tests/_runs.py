@@ -23,17 +23,15 @@ def digits_config(**overrides):
 
 
 def all_stages_config():
-    """Every stage (learned bits with a cost target and distillation, so
-    ``finetune`` has bit widths to freeze), one or two epochs of two steps."""
+    """Every stage module, one or two epochs of two steps each. Ternary
+    quantization as in the demo (learned bit widths, the cost target and
+    distillation cost twice the time; the slow recipe smoke tests run them)."""
     import ml_collections
     c = digits_config(**{"stages": ALL_STAGES, "train.epochs": 2,
                          "train.max_steps_per_epoch": 2, "data.batch_size": 64,
-                         "early_exit.epochs": 1, "prune.epochs": 1,
-                         "quantize.epochs": 1, "quantize.scheme": "learned"})
-    c.quantize.cost_target = ml_collections.ConfigDict(
-        {"enabled": True, "target": 4.0, "coefficient": 0.1})
-    c.quantize.distillation = ml_collections.ConfigDict({"enabled": True})
+                         "early_exit.epochs": 1, "prune.epochs": 1, "quantize.epochs": 1})
     c.finetune = ml_collections.ConfigDict({"epochs": 1, "learning_rate": 1e-4})
+    c.export.kinds = ("int8",)
     c.export.representative_examples = 32
     c.export.verify_examples = 64
     return c

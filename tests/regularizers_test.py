@@ -69,7 +69,12 @@ def test_persistent_vector_tracks_sigma_with_one_iteration_per_step(in_graph):
     _, kernel = built_kernel("conv_tall", seed=3)
     sigma = np_sigma(np_matrix(kernel, "conv_tall").astype(np.float64))
     srip = R.SRIP(coefficient=1.0, power_iterations=1)
-    step = tf.function(lambda: srip(kernel)) if in_graph else (lambda: srip(kernel))
+
+    def train_step():  # the vector advances in training steps: under a GradientTape
+        with tf.GradientTape():
+            return srip(kernel)
+
+    step = tf.function(train_step) if in_graph else train_step
     first = float(step())
     for _ in range(19):
         last = float(step())
@@ -77,6 +82,26 @@ def test_persistent_vector_tracks_sigma_with_one_iteration_per_step(in_graph):
     # The start vector alone is a poor estimate: the persistence did the work.
     assert abs(first - sigma) / sigma > abs(last - sigma) / sigma
     assert len(srip._vectors) == 1
+
+
+@pytest.mark.parametrize("in_graph", [False, True])
+def test_reading_the_loss_outside_a_training_step_leaves_the_vector(in_graph):
+    """Evaluation, checkpoint callbacks and users read ``model.losses`` outside
+    a training step: the estimate, but the vector a resumed run restores must
+    be the one training left."""
+    _, kernel = built_kernel("conv_tall", seed=3)
+    srip = R.SRIP(coefficient=1.0, power_iterations=1)
+    with tf.GradientTape():
+        trained = float(srip(kernel))
+    (vector,) = [v for v in srip.variables if v.name.startswith("srip_vector")]
+    before = vector.numpy().copy()
+    read = tf.function(lambda: srip(kernel)) if in_graph else (lambda: srip(kernel))
+    values = [float(read()) for _ in range(3)]
+    np.testing.assert_array_equal(vector.numpy(), before)
+    assert values[0] == values[1] == values[2] != trained
+    with tf.GradientTape():
+        srip(kernel)
+    assert not np.array_equal(vector.numpy(), before)
 
 
 @pytest.mark.parametrize("case", ["conv_tall", "depthwise_wide", "dense_square"])

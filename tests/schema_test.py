@@ -69,7 +69,7 @@ def test_unknown_field_names_it_and_the_nearest(where, path, nearest):
         schema.resolve(config, overrides)
     message = str(info.value)
     assert "\n" not in message
-    assert f"unknown" in message and path in message and f"did you mean {nearest}?" in message
+    assert "unknown" in message and path in message and f"did you mean {nearest}?" in message
 
 
 def test_unknown_section_is_an_error():

@@ -52,14 +52,17 @@ def test_every_stage_module_runs_and_writes_its_summary(all_stages):
     # prune: the polynomial schedule ends at the target on every pruned kernel
     pruned = [v for v in summary.pruning.sparsity.values() if v > 0]
     assert pruned and max(abs(v - 0.5) for v in pruned) < 0.02
-    # quantize -> finetune: learned bits frozen, so finetune keeps them
+    # quantize -> finetune: ternary kernels (at most 2 bits a weight) stay ternary
     quantized = summary.stages[4].quantization
     finetuned = summary.stages[5].quantization
-    assert quantized.scheme == "learned" and quantized.distillation
-    assert quantized.cost_target["target"] == 4.0
-    assert finetuned.frozen_bit_widths > 0
+    assert quantized.scheme == finetuned.scheme == "ternary"
+    assert quantized.mean_weight_bits <= 2.0 and not quantized.distillation
+    assert finetuned.frozen_bit_widths == 0      # no learned bit widths to freeze
     assert finetuned.mean_weight_bits == pytest.approx(quantized.mean_weight_bits)
     assert summary.quantization == finetuned
+    for figures in (quantized, finetuned):
+        assert os.path.getsize(os.path.join(workdir, figures.tflite.path)) == \
+            figures.tflite.bytes > 0
     # the final model is the QAT model, saved as .h5
     assert os.path.exists(os.path.join(workdir, "model.h5"))
 
@@ -148,5 +151,29 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         "stages": ("train",), "train.learning_rate": 1e9, "train.epochs": 2,
         "train.max_steps_per_epoch": 4, "train.optimizer": "sgd",
         "tricks.srip.enabled": False, "tricks.adaptive_smoothing.enabled": False})
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"stage 'train' diverged at epoch 0: \w+ is nan"):
         train.run(config, str(tmp_path))
+    # the lock is released and the diverged stage is not marked done
+    assert not os.path.exists(tmp_path / ".lock")
+    assert not os.path.exists(tmp_path / "stages" / "0_train" / "summary.json")
+
+
+def test_rerun_with_another_config_needs_force_or_restart_from(tmp_path, capsys):
+    config = _runs.digits_config(**{"stages": ("train",), "train.epochs": 1,
+                                    "train.max_steps_per_epoch": 2})
+    first = train.run(config, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["train"]["learning_rate"] == config.train.learning_rate
+    config.verbose = 1          # output-only: no objection
+    train.run(config, str(tmp_path))
+    config.train.learning_rate = 0.5
+    with pytest.raises(ValueError, match="train.learning_rate was 0.003, now 0.5"):
+        train.run(config, str(tmp_path))
+    forced = train.run(config, str(tmp_path), force=True)   # finished stage kept as it is
+    assert forced.stages == first.stages
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["train"]["learning_rate"] == 0.5
+    capsys.readouterr()
+    redone = train.run(config, str(tmp_path), restart_from="train")
+    assert "already done" not in capsys.readouterr().out
+    assert redone.stages[0].history["loss"] != first.stages[0].history["loss"]

@@ -3,8 +3,10 @@
 - ``EpochSeededRandomness``: dropout & co. re-seeded from ``(seed, epoch)``;
 - ``StateBackup``: variables outside the model (SRIP's power-iteration
   vectors, its coefficient) checkpointed next to ``BackupAndRestore``'s;
-- ``TechniqueLogger``: sparsity and mean weight bits in the epoch logs.
+- ``TechniqueLogger``: sparsity and mean weight bits in the epoch logs;
+- ``DivergenceGuard``: a NaN/Inf loss, metric, weight or output ends the fit.
 """
+import math
 import os
 
 import numpy as np
@@ -12,6 +14,7 @@ import tensorflow as tf
 
 from mntk import pruning, quantization
 from mntk.compat import keras
+from mntk.train.errors import DivergedError, RecipeError
 from mntk.train.saving import is_pruned, is_quantized
 
 
@@ -54,7 +57,10 @@ class StateBackup(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         latest = tf.train.latest_checkpoint(self.directory)
         if latest:
-            self.checkpoint.restore(latest).assert_consumed()
+            try:
+                self.checkpoint.restore(latest).assert_consumed()
+            except Exception as e:  # noqa: BLE001  (any reader error: a bad backup)
+                raise backup_error(self.directory, e) from None
 
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save(checkpoint_number=epoch)
@@ -62,6 +68,25 @@ class StateBackup(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if os.path.isdir(self.write_dir):  # finished: nothing left to resume
             tf.io.gfile.rmtree(self.write_dir)
+
+
+def backup_error(directory: str, error: BaseException) -> RecipeError:
+    """A backup that cannot be restored (corrupt, or from another model)."""
+    stage_dir = os.path.dirname(os.path.normpath(directory))
+    rel = os.path.join("stages", os.path.basename(stage_dir), os.path.basename(directory))
+    detail = " ".join(str(error).split())[:160] or type(error).__name__
+    return RecipeError(f"the backup {rel} cannot be restored ({type(error).__name__}: "
+                       f"{detail}); remove {rel} to restart that stage")
+
+
+class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose failure to restore names the fix."""
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except Exception as e:  # noqa: BLE001  (any reader error: a bad backup)
+            raise backup_error(self.backup_dir, e) from None
 
 
 class TechniqueLogger(keras.callbacks.Callback):
@@ -76,3 +101,43 @@ class TechniqueLogger(keras.callbacks.Callback):
             logs["sparsity"] = float(np.mean(values)) if values else 0.0
         if is_quantized(self.model):
             logs["mean_weight_bits"] = float(quantization.mean_weight_bits(self.model))
+
+
+def first_bad_weight(model):
+    """``layer/weight`` name of the first weight holding NaN or Inf, else None."""
+    for layer in model._flatten_layers(include_self=False):
+        for weight in layer.weights:
+            if not np.all(np.isfinite(weight.numpy())):
+                return f"{layer.name}/{weight.name.split('/')[-1].split(':')[0]}"
+    return None
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Ends a fit whose epoch ends diverged: a NaN/Inf loss or metric (the
+    validation loss too), weight (e.g. a BatchNorm moving variance) or output
+    on a validation batch. It raises ``DivergedError`` naming the stage, the
+    epoch and the first bad metric or layer; listed before
+    ``BackupAndRestore``, it fires before that epoch is backed up, so the
+    backup keeps the last good epoch."""
+
+    def __init__(self, stage: str, batch, hint: str):
+        super().__init__()
+        self.stage, self.batch, self.hint = stage, batch, hint
+
+    def _fail(self, epoch, what):
+        raise DivergedError(f"stage {self.stage!r} diverged at epoch {epoch}: {what}; "
+                            f"{self.hint}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in sorted((logs or {}).items()):
+            if isinstance(value, (int, float, np.floating)) and not math.isfinite(float(value)):
+                self._fail(epoch, f"{key} is {float(value)}")
+        bad = first_bad_weight(self.model)
+        if bad is not None:
+            self._fail(epoch, f"weight {bad} holds NaN/Inf")
+        if self.batch is not None:
+            outputs = self.model(self.batch, training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            for i, out in enumerate(outputs):
+                if not np.all(np.isfinite(np.asarray(out))):
+                    self._fail(epoch, f"output {i} of the model is NaN/Inf on validation data")

@@ -10,3 +10,7 @@ class ConfigError(RecipeError):
 
     The message is one line naming the field, the value and the fix.
     """
+
+
+class DivergedError(RecipeError):
+    """Training diverged: a NaN/Inf loss, metric, weight or model output."""

@@ -1,6 +1,6 @@
 """The figures a stage reports: test accuracy, MicroNet cost, TFLite parity."""
 import os
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 

@@ -18,7 +18,9 @@ import tensorflow as tf
 from mntk import cost, regularizers
 from mntk import data as data_lib
 from mntk.compat import keras
-from mntk.train.callbacks import EpochSeededRandomness, StateBackup, TechniqueLogger
+from mntk.train.callbacks import (CheckedBackupAndRestore, DivergenceGuard,
+                                  EpochSeededRandomness, StateBackup, TechniqueLogger,
+                                  backup_error)
 from mntk.train.context import epoch_keyed_dataset, is_chief, saved_epoch
 from mntk.train.errors import RecipeError
 from mntk.train.objectives import soft_labels
@@ -66,6 +68,15 @@ def validation_data(config, data, teacher=None) -> tf.data.Dataset:
     return data.validation
 
 
+def validation_batch(data, n: int = 32):
+    """A few validation inputs, to check the model's outputs each epoch."""
+    if data.x_val is not None:
+        return data.x_val[:n]
+    for x, _ in data.validation.take(1):
+        return x[:n]
+    return None
+
+
 def _with_teacher_logits(teacher, x, y):
     """In-memory data: the teacher runs once over the split, not every epoch."""
     logits = teacher.predict(x, batch_size=256, verbose=0)
@@ -93,7 +104,10 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     # checkpoint and worker-private temporaries there, and all workers restore
     # from the chief's, so they resume at the same epoch.
     backup_dir = os.path.join(ctx.stage_dir, "backup")
-    first = saved_epoch(backup_dir)
+    try:
+        first = saved_epoch(backup_dir)
+    except Exception as e:  # noqa: BLE001  (any reader error: a bad backup)
+        raise backup_error(backup_dir, e) from None
     if teacher is not None and soft_labels(config):
         raise RecipeError("distillation needs integer labels; turn off data.mix and "
                           "data.one_hot for the distilled stage.")
@@ -106,13 +120,18 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     history_csv = os.path.join(ctx.writable_dir(), "history.csv")
     state = [v for r in regularizers.orthogonality_regularizers(model)
              for v in getattr(r, "variables", [])]
-    all_callbacks = list(callbacks) + [
+    stage = os.path.basename(ctx.stage_dir).split("_", 1)[-1]
+    guard = DivergenceGuard(stage, validation_batch(ctx.data), hint=(
+        f"lower {stage}.learning_rate or check the input data; the last good epoch is kept "
+        f"in {os.path.relpath(backup_dir, ctx.workdir)}, and a rerun resumes from it"))
+    # the guard comes first: it must fire before a diverged epoch is backed up
+    all_callbacks = [guard] + list(callbacks) + [
         EpochSeededRandomness(int(config.seed)),
         TechniqueLogger(),
         cost.CostLogger(task=config.cost.task, freebie=bool(config.cost.freebie)),
         StateBackup(state, backup_dir + "_state", chief=is_chief(),
                     worker=os.path.basename(os.path.dirname(ctx.writable_dir("x")))),
-        keras.callbacks.BackupAndRestore(backup_dir),
+        CheckedBackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_csv, append=first > 0),
         keras.callbacks.TensorBoard(ctx.writable_dir("tensorboard"), profile_batch=0),
         keras.callbacks.ModelCheckpoint(

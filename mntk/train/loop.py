@@ -17,21 +17,24 @@ loaded); inside a stage, ``BackupAndRestore`` keeps the last finished epoch
 """
 import os
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
 from mntk.compat import keras
 from mntk.train import schema
 from mntk.train.context import RunContext, load_data, make_strategy, write_json
-from mntk.train.errors import RecipeError
+from mntk.train.callbacks import first_bad_weight
+from mntk.train.errors import DivergedError, RecipeError
 from mntk.train.saving import load_stage_model, save_final_model, save_stage_model
 from mntk.train.stages import STAGES
 from mntk.train.summary import RunSummary, read_stage
+from mntk.train.workdir import WorkdirLock, record_config
 
 
 def run(config, workdir: str, stages: Optional[List[str]] = None,
-        extra_callbacks: Optional[List[keras.callbacks.Callback]] = None) -> RunSummary:
+        extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
+        force: bool = False, restart_from: Optional[str] = None) -> RunSummary:
     """Run a recipe's stages into ``workdir`` and return the run's summary.
 
     Args:
@@ -40,17 +43,22 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
       workdir: output directory (created; reused to resume).
       stages: run only these stage names (default: ``config.stages``).
       extra_callbacks: appended to every ``fit`` (tests use this to kill a run).
+      force: go on in a work directory that was run with another config.
+      restart_from: remove this stage's folder and the later ones first.
 
     Raises:
       ConfigError: an unknown or invalid recipe field.
-      RecipeError: a stage the recipe cannot run (unknown stage, ...).
+      DivergedError: a NaN/Inf loss, metric, weight or output (the stage's
+        backup keeps the last good epoch).
+      RecipeError: a stage the recipe cannot run (unknown stage, ...), a work
+        directory in use by another run or run with another config.
     """
     config = schema.resolve(config)
-    names = list(stages or config.stages)
-    unknown = [s for s in names if s not in STAGES]
+    unknown = [s for s in list(config.stages) + list(stages or []) if s not in STAGES]
     if unknown:
         raise RecipeError(f"Unknown stage(s) {unknown} in config.stages; known stages: "
                           f"{', '.join(STAGES)}.")
+    plan = _plan(list(config.stages), stages)
     keras.utils.set_random_seed(int(config.seed))
     # Dropout & co. draw from tf.random.Generator variables instead of stateful
     # ops, so their RNG state is checkpointed and a resumed run continues the
@@ -59,15 +67,56 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     os.makedirs(workdir, exist_ok=True)
+    with WorkdirLock(workdir):
+        record_config(workdir, config, list(config.stages), force=force,
+                      restart_from=restart_from)
+        return _run_stages(config, workdir, plan, extra_callbacks)
+
+
+def _plan(full: List[str], chosen: Optional[List[str]]) -> List[Tuple[int, str]]:
+    """(k, name) of the stages to run: ``k`` is the stage's place in
+    ``config.stages``, so ``--stages=export`` is ``stages/1_export`` of a
+    ``train, export`` recipe and continues from ``stages/0_train``."""
+    if not chosen:
+        return list(enumerate(full))
+    plan, start = [], 0
+    for name in chosen:
+        if name not in full[start:]:
+            raise RecipeError(f"--stages: {name!r} is not in config.stages "
+                              f"({', '.join(full)}) in that order")
+        k = full.index(name, start)
+        plan.append((k, name))
+        start = k + 1
+    return plan
+
+
+def _earlier_model(ctx, k: int, name: str):
+    """The model of the latest finished stage before stage ``k``."""
+    for j in range(k - 1, -1, -1):
+        for entry in sorted(os.listdir(os.path.join(ctx.workdir, "stages"))):
+            if entry.startswith(f"{j}_"):
+                ctx.stage_dir = os.path.join(ctx.workdir, "stages", entry)
+                model = load_stage_model(ctx)
+                if model is not None:
+                    return model
+    raise RecipeError(f"stage {name!r} needs the model of an earlier stage, and this work "
+                      f"directory has none; run the stages before it first (drop --stages, "
+                      f"or --stages=train,{name})")
+
+
+def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
     ctx = RunContext(config=config, workdir=workdir,
                      strategy=make_strategy(config.strategy, config.tpu),
                      extra_callbacks=list(extra_callbacks or []))
     ctx.data = load_data(config)
     started = time.time()
     summary = RunSummary(recipe=config.name, dataset=config.data.name)
-    for k, name in enumerate(names):
-        ctx.stage_dir = os.path.join(workdir, "stages", f"{k}_{name}")
-        done = os.path.join(ctx.stage_dir, "summary.json")
+    os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
+    for k, name in plan:
+        done = os.path.join(workdir, "stages", f"{k}_{name}", "summary.json")
+        if ctx.model is None and name != "train" and not os.path.exists(done):
+            ctx.model = _earlier_model(ctx, k, name)
+        ctx.stage_dir = os.path.dirname(done)
         if os.path.exists(done):
             stage_summary = read_stage(done)
             ctx.model = load_stage_model(ctx)
@@ -78,6 +127,10 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
             stage_started, stage_cpu = time.time(), time.process_time()
             stage_summary = STAGES[name](ctx)
             stage_summary.name = name
+            bad = first_bad_weight(ctx.model) if ctx.model is not None else None
+            if bad is not None:
+                raise DivergedError(f"stage {name!r} ended with NaN/Inf in weight {bad}; "
+                                    f"lower {name}.learning_rate or check the input data")
             save_stage_model(ctx)
             write_json(done, stage_summary.to_dict())
             print(f"mntk: stage {k} '{name}' done in {time.time() - stage_started:.1f} s "

@@ -23,7 +23,8 @@ with ``F(path, type, default, *checks, doc=..., required_by=STAGE)``:
 (the field may then hold None); ``checks`` are callables from the ``CHECKS``
 section (``positive``, ``non_negative``, ``fraction``, ``at_least(n)``,
 ``one_of(...)``, ...); ``required_by="quantize"`` makes a None value an error
-when that stage is in ``config.stages``. Adding a stage section with its own
+when that stage is in ``config.stages``; ``output_only=True`` marks a field a
+rerun of a finished work directory may change (``config.json`` check). Adding a stage section with its own
 optimizer settings is one line too: ``*stage_optimizer("qat8")`` gives it
 ``qat8.epochs``, ``qat8.learning_rate``, ... defaulting to ``train``'s
 (``section_train_config``).
@@ -117,10 +118,12 @@ class Field:
     checks: Tuple[Callable, ...] = ()
     doc: str = ""
     required_by: Optional[str] = None   # a stage name, or "always"
+    output_only: bool = False           # changes what is printed, not what is trained
 
 
-def F(path, type_, default, *checks, doc="", required_by=None) -> Field:  # noqa: N802
-    return Field(path, type_, default, tuple(checks), doc, required_by)
+def F(path, type_, default, *checks, doc="", required_by=None,  # noqa: N802
+      output_only=False) -> Field:
+    return Field(path, type_, default, tuple(checks), doc, required_by, output_only)
 
 
 # The optimizer settings a stage section may override; None: ``train``'s value.
@@ -146,7 +149,7 @@ FIELDS: Tuple[Field, ...] = (
     F("smoke", bool, False, doc="the recipe's smoke settings were applied (see module doc)"),
     F("strategy", str, "default", one_of(*STRATEGIES), doc="tf.distribute strategy"),
     F("tpu", str, "", doc="TPU name or grpc address (strategy='tpu')"),
-    F("verbose", int, 2, one_of(0, 1, 2), doc="Keras fit verbosity"),
+    F("verbose", int, 2, one_of(0, 1, 2), doc="Keras fit verbosity", output_only=True),
     F("deterministic", bool, False, doc="tf.config.experimental.enable_op_determinism"),
     F("stages", tuple, ("train",), doc="stage names, run in order"),
     F("published_error", tuple, None, doc="the entry's published figures, for the report"),
@@ -244,6 +247,8 @@ FIELDS: Tuple[Field, ...] = (
 
 BY_PATH: Dict[str, Field] = {f.path: f for f in FIELDS}
 assert len(BY_PATH) == len(FIELDS), "a recipe field is declared twice"
+#: Fields a rerun of a work directory may change (``mntk.train.workdir``).
+OUTPUT_ONLY = frozenset(f.path for f in FIELDS if f.output_only)
 SECTIONS = frozenset(p.rsplit(".", i)[0] for p in BY_PATH for i in range(1, p.count(".") + 1))
 
 

@@ -28,5 +28,6 @@ def prune_stage(ctx) -> StageSummary:
     history = fit(ctx, model, int(stage_cfg.epochs), extra)
     ctx.model = model
     return StageSummary(pruning=PruningFigures(
-        target=float(cfg.target), sparsity={k: float(v) for k, v in pruning.sparsity(model).items()},
+        target=float(cfg.target),
+        sparsity={k: float(v) for k, v in pruning.sparsity(model).items()},
         accuracy=evaluate(model, ctx.data), history=history, cost=cost_summary(ctx, model)))
