@@ -46,11 +46,12 @@ if not VERBOSE:
                     "ai_edge_litert", "absl", "h5py", "numpy"):
         warnings.filterwarnings("ignore", module=_module)
 
-from mntk import compat  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+# after the silencing above, on purpose
+from mntk import compat  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-from absl import flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 if not VERBOSE:
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -312,7 +313,7 @@ def _load_model(path):
         return load_model(path)
     except (KeyboardInterrupt, MemoryError):
         raise
-    except Exception as e:  # noqa: BLE001  (any reader error: the file is not a model)
+    except Exception as e:  # any reader error: the file is not a model
         raise UsageError(f"cannot load {path} as a Keras model (.keras or .h5): "
                          f"{_one_line(e)[:200]}; give a model saved by mntk or Keras") from None
 
@@ -411,7 +412,7 @@ def main(argv=None) -> int:
         ARGS[:] = [a for a in FLAGS([f"mntk {name}"] + rest)[1:]]
     except UsageError as e:
         return _error(name, e, 2)
-    except Exception as e:  # noqa: BLE001  (flag and recipe-file errors: one line)
+    except Exception as e:  # flag and recipe-file errors: one line
         return _error(name, _recipe_file_error(e), 2)
     try:
         fn()
@@ -422,7 +423,7 @@ def main(argv=None) -> int:
                             "finished epoch", 130)
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
         return _error(name, e, 1)
-    except Exception as e:  # noqa: BLE001  (TensorFlow's own errors: one line too)
+    except Exception as e:  # TensorFlow's own errors: one line too
         return _error(name, f"{type(e).__name__}: {_one_line(e)}", 1)
     return 0
 

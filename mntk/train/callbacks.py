@@ -59,7 +59,7 @@ class StateBackup(keras.callbacks.Callback):
         if latest:
             try:
                 self.checkpoint.restore(latest).assert_consumed()
-            except Exception as e:  # noqa: BLE001  (any reader error: a bad backup)
+            except Exception as e:
                 raise backup_error(self.directory, e) from None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -85,7 +85,7 @@ class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         try:
             super().on_train_begin(logs)
-        except Exception as e:  # noqa: BLE001  (any reader error: a bad backup)
+        except Exception as e:
             raise backup_error(self.backup_dir, e) from None
 
 

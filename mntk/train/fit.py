@@ -106,7 +106,7 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     backup_dir = os.path.join(ctx.stage_dir, "backup")
     try:
         first = saved_epoch(backup_dir)
-    except Exception as e:  # noqa: BLE001  (any reader error: a bad backup)
+    except Exception as e:
         raise backup_error(backup_dir, e) from None
     if teacher is not None and soft_labels(config):
         raise RecipeError("distillation needs integer labels; turn off data.mix and "

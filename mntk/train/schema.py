@@ -121,7 +121,7 @@ class Field:
     output_only: bool = False           # changes what is printed, not what is trained
 
 
-def F(path, type_, default, *checks, doc="", required_by=None,  # noqa: N802
+def F(path, type_, default, *checks, doc="", required_by=None,
       output_only=False) -> Field:
     return Field(path, type_, default, tuple(checks), doc, required_by, output_only)
 
