@@ -335,6 +335,8 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
         state = regularizer.vector_for(kernel, layout)
         estimate, next_vector = spectral_norm_estimate(
             residual, power_iterations, vector=state, squared=squared)
+        if not _in_training_step():  # as SRIP.penalty: the vector moves in training only
+            return estimate
         with tf.control_dependencies([state.assign(next_vector)]):
             return tf.identity(estimate)
 
