@@ -15,7 +15,7 @@ import tensorflow as tf
 from mntk import pruning, quantization
 from mntk.compat import keras
 from mntk.train.errors import DivergedError, RecipeError
-from mntk.train.saving import is_pruned, is_quantized
+from mntk.wrapped import is_pruned, is_quantized
 
 
 class EpochSeededRandomness(keras.callbacks.Callback):

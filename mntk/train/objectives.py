@@ -13,6 +13,7 @@ from mntk import losses, regularizers
 from mntk.compat import keras
 from mntk.train.errors import RecipeError
 from mntk.train.optim import make_optimizer
+from mntk.wrapped import unwrap
 
 
 def soft_labels(config) -> bool:
@@ -41,7 +42,7 @@ def classifier_layer(model, config):
     pruning/QAT wrapper around it (AdaptiveLabelSmoothing unwraps it itself)."""
     name = config.model.classifier
     for layer in model.layers:
-        if layer.name == name or getattr(layer, "layer", layer).name == name:
+        if layer.name == name or unwrap(layer).name == name:
             return layer
     raise RecipeError(f"model {model.name!r} has no classifier layer {name!r}; set "
                       "model.classifier to the final Dense layer's name.")

@@ -7,24 +7,14 @@ import os
 import shutil
 import weakref
 
-from mntk.export import is_qat_model
 from mntk.serialization import load_model
+from mntk.wrapped import is_quantized
 from mntk.train.context import is_chief
-
-
-def is_pruned(model) -> bool:
-    """True when ``model`` holds tfmot pruning wrappers (``PruneLowMagnitude``)."""
-    return any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers)
-
-
-def is_quantized(model) -> bool:
-    """True when ``model`` holds tfmot QAT wrappers."""
-    return is_qat_model(model)
 
 
 def model_filename(model) -> str:
     """``model.keras``, or ``model.h5`` for tfmot QAT models."""
-    return "model.h5" if is_qat_model(model) else "model.keras"
+    return "model.h5" if is_quantized(model) else "model.keras"
 
 
 # model -> the file its last stage saved (weak keys: a new model never

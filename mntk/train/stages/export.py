@@ -3,7 +3,7 @@
 import os
 
 from mntk import export, pruning
-from mntk.train.saving import is_pruned
+from mntk.wrapped import is_pruned
 from mntk.train.evaluation import tflite_figures, verify_examples
 from mntk.train.summary import StageSummary
 

@@ -6,7 +6,7 @@ from mntk import quantization
 from mntk.train.errors import RecipeError
 from mntk.train.fit import fit
 from mntk.train.objectives import compile_model
-from mntk.train.saving import is_quantized
+from mntk.wrapped import is_quantized
 from mntk.train.schema import section_train_config
 from mntk.train.stages.quantize import loss_and_teacher, quantized_figures
 from mntk.train.summary import StageSummary

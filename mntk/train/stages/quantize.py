@@ -18,7 +18,7 @@ from mntk.train.errors import RecipeError
 from mntk.train.evaluation import cost_summary, evaluate, tflite_figures, verify_examples
 from mntk.train.fit import fit
 from mntk.train.objectives import base_loss, compile_model, first_column_accuracy
-from mntk.train.saving import is_pruned
+from mntk.wrapped import is_pruned
 from mntk.train.schema import SCHEMES, section_train_config
 from mntk.train.summary import QuantizationFigures, StageSummary
 
