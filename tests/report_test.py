@@ -390,11 +390,8 @@ def test_digits_report_has_every_section_and_its_figures(copy_of):
 
 
 def test_leaderboard_only_for_a_run_on_the_tasks_own_data(copy_of):
-    workdir = copy_of(DIGITS)
+    workdir = as_if_on_cifar100(copy_of(DIGITS))
     summary = read_json(os.path.join(workdir, "summary.json"))
-    summary["dataset"] = "cifar100"   # as if the run had trained on CIFAR-100
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f)
     paths = report.write_report(workdir)
     assert os.path.join(workdir, report.FIGURE_FILES["score"]) in paths
     md = open(paths[0]).read()
@@ -513,8 +510,18 @@ def test_unreadable_or_foreign_directories_are_clear_errors(tmp_path, setup, pat
     assert isinstance(info.value, ValueError)  # the CLI prints ValueErrors as one line
 
 
+def as_if_on_cifar100(workdir):
+    """The digits fixture as if it had trained on CIFAR-100 (so every figure,
+    the leaderboard's too, is drawn)."""
+    summary = read_json(os.path.join(workdir, "summary.json"))
+    summary["dataset"] = "cifar100"
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    return workdir
+
+
 def test_html_is_self_contained_with_embedded_images(copy_of):
-    workdir = copy_of(DIGITS)
+    workdir = as_if_on_cifar100(copy_of(DIGITS))
     paths = report.write_report(workdir, html=True)
     html = open(os.path.join(workdir, "report.html")).read()
     sources = re.findall(r'src="([^"]*)"', html)
@@ -590,7 +597,7 @@ def image_widths(dom):
 
 @pytest.mark.slow
 def test_html_opens_in_headless_chromium_without_console_errors(chromium, copy_of):
-    workdir = copy_of(DIGITS)
+    workdir = as_if_on_cifar100(copy_of(DIGITS))
     report.write_report(workdir, html=True)
     html = open(os.path.join(workdir, "report.html")).read()
     # The report has no scripts; a copy gets a probe recording each image's
