@@ -271,9 +271,19 @@ def run_cli(args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def wait_for(path, proc, timeout=600):
+def history_rows(workdir):
+    path = os.path.join(workdir, "stages", "0_train", "history.csv")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return max(0, len(f.read().strip().splitlines()) - 1)
+
+
+def wait_for(path, proc, timeout=600, done=None):
+    """Until ``path`` exists (or ``done()`` is true) while ``proc`` runs."""
+    done = done or (lambda: os.path.exists(path))
     start = time.time()
-    while not os.path.exists(path):
+    while not done():
         if proc.poll() is not None:
             raise AssertionError(f"exited {proc.returncode} early: {proc.stderr.read()[-2000:]}")
         if time.time() - start > timeout:
@@ -300,8 +310,9 @@ def test_sigkill_after_an_epoch_resumes_bit_exact_with_srip(tmp_path):
     done = run_cli(["train", *SRIP_RUN, f"--workdir={straight}"])
     proc = run_cli(["train", *SRIP_RUN, f"--workdir={killed}"])
     assert done.wait(900) == 0, done.stderr.read()[-2000:]
-    # the SRIP state checkpoint of epoch 1 is written at its end
-    wait_for(os.path.join(killed, "stages", "0_train", "backup_state", "ckpt-1.index"), proc)
+    # epoch 1 logged (CSVLogger runs after both backups): killed in epoch 2,
+    # at its start or mid-way
+    wait_for("", proc, done=lambda: history_rows(killed) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = run_cli(["train", *SRIP_RUN, f"--workdir={killed}"])
@@ -320,7 +331,7 @@ def test_sigint_exits_130_in_one_line_and_resumes(tmp_path):
     workdir = str(tmp_path / "w")
     args = ["train", *SRIP_RUN, f"--workdir={workdir}"]
     proc = run_cli(args)
-    wait_for(os.path.join(workdir, "stages", "0_train", "backup_state", "ckpt-0.index"), proc)
+    wait_for("", proc, done=lambda: history_rows(workdir) >= 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130

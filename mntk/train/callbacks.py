@@ -47,18 +47,26 @@ class StateBackup(keras.callbacks.Callback):
     the others into a private folder, and all restore from the chief's.
     """
 
-    def __init__(self, variables, directory: str, chief: bool = True, worker: str = ""):
+    def __init__(self, variables, directory: str, chief: bool = True, worker: str = "",
+                 resume_epoch: int = 0):
         super().__init__()
         self.directory = directory
         self.write_dir = directory if chief else f"{directory}_{worker or 'worker'}"
+        self.resume_epoch = int(resume_epoch)
         self.checkpoint = tf.train.Checkpoint(state=list(variables))
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir, max_to_keep=1)
+        # two kept: a run killed between this save and BackupAndRestore's
+        # resumes at the epoch before, whose state must still be here
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir, max_to_keep=2)
 
     def on_train_begin(self, logs=None):
-        latest = tf.train.latest_checkpoint(self.directory)
-        if latest:
+        """Restore the state saved at the end of the epoch ``BackupAndRestore``
+        resumes after (``resume_epoch`` epochs done), not simply the latest."""
+        if self.resume_epoch <= 0:
+            return
+        path = os.path.join(self.directory, f"ckpt-{self.resume_epoch - 1}")
+        if tf.io.gfile.exists(path + ".index"):
             try:
-                self.checkpoint.restore(latest).assert_consumed()
+                self.checkpoint.restore(path).assert_consumed()
             except Exception as e:
                 raise backup_error(self.directory, e) from None
 
