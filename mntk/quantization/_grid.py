@@ -50,6 +50,46 @@ def fake_quant_ste(x, lo, hi, step):
     return y, grad
 
 
+def fake_quant_channels(w, step, lo, hi):
+    """``clip(round_ste(w / step), lo, hi) * step`` with per-channel step, lo, hi.
+
+    ``step``, ``lo`` and ``hi`` broadcast over the kernel's trailing axes
+    ((C,), (cin, mult) for a depthwise kernel, or (1,) per tensor). Values and
+    gradients are those of the expression (straight-through rounding, LSQ step
+    gradient), written out to spare autodiff's broadcasting gradients:
+
+        q = round(w / step),  inside: lo <= q <= hi
+        dw = g * inside,  dstep = sum g * (clip(q) - inside * w / step)
+        dlo = sum g * step over q < lo,   dhi = sum g * step over q > hi
+    (sums over the axes each channel's values span).
+    """
+    rank = len(w.shape)
+    per_tensor = step.shape.num_elements() == 1
+    axes = list(range(rank if per_tensor else rank - step.shape.rank))
+
+    @tf.custom_gradient
+    def fake_quant(w, step, lo, hi):
+        scaled = w / step
+        rounded = tf.round(scaled)
+        clipped = tf.clip_by_value(rounded, lo, hi)
+
+        def grad(g):
+            below = rounded < lo
+            above = rounded > hi
+            zero = tf.zeros_like(g)
+            outside = tf.logical_or(below, above)
+            dw = tf.where(outside, zero, g)
+
+            def per_channel(t):
+                return tf.reshape(tf.reduce_sum(t, axes), tf.shape(step))
+            dstep = per_channel(g * (clipped - tf.where(outside, zero, scaled)))
+            dlo = per_channel(tf.where(below, g, zero)) * step
+            dhi = per_channel(tf.where(above, g, zero)) * step
+            return dw, dstep, dlo, dhi
+        return clipped * step, grad
+    return fake_quant(w, step, lo, hi)
+
+
 def channel_count(tensor_shape, depthwise, per_channel=True):
     """Output channels of a kernel: last axis, cin*mult for depthwise, 1 per tensor."""
     if not per_channel:

@@ -140,7 +140,7 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
         if self.depthwise:
             step, lo, hi = (_grid.to_kernel_shape(v, shape, True, self.per_channel)
                             for v in (flat_step, lo, hi))
-        out = tf.clip_by_value(_grid.round_ste(w / step), lo, hi) * step
+        out = _grid.fake_quant_channels(w, step, lo, hi)
         if training:
             return out
         # Export with the finer int8 scale s_c / m_c, m_c = floor(127 / |lo_c|):
