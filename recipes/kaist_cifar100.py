@@ -1,32 +1,66 @@
-"""KAIST's MicroNet 2019 CIFAR-100 entry (2nd place): a MobileNetV3-like net
-with SRIP on every 1x1 conv and adaptive label smoothing, then magnitude
-pruning to 60%.
+"""KAIST's MicroNet 2019 CIFAR-100 entry (2nd place), as its code trains it
+(Kthyeon/KAIST-AI-NeurIPS2019-MicroNet-2nd-place-solution @9f71fb7; facts
+with file:line in ENTRIES.md).
 
-Reproduces: 80.07% top-1 on CIFAR-100, MicroNet score 0.0054 (16-bit
-"freebie" counting, no quantization, 60% sparsity).
+Reproduces: 80.07% top-1 at 60% sparsity. Scores: the entry's own count
+(``conventions="kaist"``: residual adds and SE scales not counted, h-swish
+4 mults + 1 add) 108,108.75 params + 26,052,109 ops = 0.0054454 (leaderboard
+0.0054); the official rules (``mntk.cost.estimate(model, task="cifar100",
+freebie=True)``: residual adds, SE scales and folded-BN bias adds counted,
+one mask bit only where a tensor is stored sparse) give 107,999.25 params +
+26,210,368 ops = 0.0054575 for the network at the checkpoint's per-layer
+sparsity (measured on random weights, tests/models_entries_test.py).
 
-Recipe (facts in DESIGN.md): stem 3x3/32, inverted residual blocks with
-expansion 3 and (out, repeats, stride) = (16,2,1) (32,1,2) (32,1,1) (48,3,1)
-(72,1,2) (72,4,1) (80,1,2) (88,2,1) (106,1,1), squeeze-excite 0.25,
-hard-swish, dropout 0.3; SGD Nesterov lr 0.1, cosine annealing with 4 warm
-restarts, weight decay 1e-5, batch 128, CutMix; SRIP (spectral norm of
-W^T W - I, 2 power iterations, sigma^2 averaged over layers, constant
-coefficient) on all 1x1 convs incl. squeeze-excite; adaptive label smoothing
-eps 0.3; then magnitude pruning to 60% with eps 0.1.
+Network (``mntk.models.kaist_micronet``, 451,758 weights + biases): stem 3x3/1
+32 -> BN -> h-swish; 16 inverted-residual blocks (expansion 3) from
+(16,2,1) (32,1,2) (32,1,1) (48,3,1) (72,1,2) (72,4,1) (80,1,2) (88,2,1)
+(106,1,1); squeeze-excite with a real sigmoid on each block's OUTPUT; 1x1
+conv + BN shortcuts on the four stride-1 blocks that change width; stride-2
+blocks have no residual and compute, then drop, their SE gate; GAP ->
+Dropout 0.3 -> Dense. Init N(0, sqrt(2/(k*k*out))), Dense N(0, 0.01), BN
+momentum 0.01 (torch terms).
 
-Departures: every depthwise kernel is 3x3 and there is no 1x1 head conv (the
-entry's per-block kernels are not in our facts); the SE gate is Keras'
-hard_sigmoid; the epoch counts (dense 300, pruning 100) and the SRIP
-coefficient (1e-2) are our choices, the entry's are not in our facts; weight
-decay is decoupled (Keras ``weight_decay``), not an L2 term in the loss.
+Training (micronet_main.py, Utils/train_32bit.py): SGD Nesterov, momentum 0.9,
+lr 0.1, batch 128, coupled L2 1e-5 on every parameter; four equal 150-epoch
+cosine cycles (to 5e-4), each with a fresh optimizer; CutMix alpha 1 on every
+batch; SRIP 0.7 * mean over every 1x1 conv (expand, project, shortcut, both
+SE convs) of sigma^2 of W^T W - I on the fan-in side, one power step from a
+fresh N(0, 1) vector (``apply_srip(..., squared=True, reduction="mean",
+gram="fan_in", vector="fresh")``); adaptive label smoothing eps 0.3.
+
+Pruning (Pruning/methods.py:9-26, train_32bit.py:138-231): GLOBAL magnitude
+threshold over every kernel of rank >= 2, in stages at 11.25, 22.5, 33.75,
+45, 50, 55, 60%, each stage 150 epochs at lr 0.1 cosine to 5e-4 with a
+fresh optimizer, masks from the current weights, then the stage-start
+(best) weights rewound; smoothing eps 0.1, SRIP and CutMix kept.
+
+Departures, and why:
+- Augmentation: crop/flip only. The entry's epoch is four copies of CIFAR-100
+  under four Fast-AutoAugment policies (200k images an epoch); they come with
+  ``mntk.data``'s policy transforms (issue 13, helper ``augment``); until
+  then an epoch here is 50k images, so 600 epochs are a quarter of the
+  entry's passes.
+- Label loss: the entry's default flag is plain cross-entropy and its README
+  describes adaptive smoothing; which one produced the checkpoint is not
+  recorded (ENTRIES.md marks it). This recipe follows the README.
+- Pruning stages: the exact path to 60% is inferred from the code's defaults.
+- Best-by-test-accuracy weights were kept per cycle by the entry; here the
+  last weights of each cycle carry on (selecting on the test set is not done).
 
 Stages: train -> prune -> export (float and int8 TFLite, verified with LiteRT).
 
+One GPU: about 600 x 50k images for training + 7 x 150 epochs of pruning;
+estimated 12 h on one H100-class GPU (not measured).
+
 Run:   mntk train --config=recipes/kaist_cifar100.py --workdir=runs/kaist
 Smoke: mntk train --config=recipes/kaist_cifar100.py:smoke --workdir=/tmp/kaist
-       (a shrunk net on scikit-learn's digits resized to 32x32 RGB, seconds on CPU)
+       (a two-row network on scikit-learn's digits at 32x32 RGB, seconds on CPU)
 """
 import ml_collections
+
+PUBLISHED = {"top1": 80.07, "params": 108_108.75, "ops": 26_052_109, "score": 0.0054454,
+             "leaderboard": 0.0054}
+PRUNE_RATES = (0.1125, 0.225, 0.3375, 0.45, 0.50, 0.55, 0.60)
 
 
 def get_config(arg=None):
@@ -34,39 +68,43 @@ def get_config(arg=None):
     c.name = "kaist_cifar100"
     c.seed = 0
     c.smoke = arg == "smoke"
-    c.strategy = "default"       # default | mirrored | multi_worker | tpu
-    c.tpu = ""
+    c.strategy = "default"
     c.verbose = 2
     c.stages = ("train", "prune", "export")
+    c.published_error = (100 - PUBLISHED["top1"],)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar100"
-    c.data.batch_size = 128      # per replica; the global batch scales with replicas
+    c.data.batch_size = 128
     c.data.mix = "cutmix"
     c.data.mix_alpha = 1.0
+    c.data.mix_probability = 1.0
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "kaist_mobilenet"
+    c.model.name = "kaist_micronet"
     c.model.classifier = "logits"
-    c.model.kwargs = ml_collections.ConfigDict(
-        {"expansion": 3, "se_ratio": 0.25, "dropout": 0.3, "activation": "hard_swish"})
+    c.model.kwargs = ml_collections.ConfigDict()
 
     c.train = ml_collections.ConfigDict()
-    c.train.epochs = 300
+    c.train.epochs = 600
     c.train.optimizer = "sgd"
     c.train.nesterov = True
     c.train.momentum = 0.9
-    c.train.learning_rate = 0.1  # per 128 examples; scaled by the replica count
-    c.train.schedule = "cosine_restarts"
+    c.train.learning_rate = 0.1
+    c.train.schedule = "cosine_cycles"   # equal cycles, a fresh optimizer each
     c.train.restart_cycles = 4
-    c.train.weight_decay = 1e-5
+    c.train.min_learning_rate = 5e-4
+    c.train.weight_decay = 0.0           # decoupled decay off ...
+    c.train.l2 = 1e-5                    # ... coupled L2 on every parameter instead
+    c.train.l2_on = "all"
     c.train.scale_with_replicas = True
-    c.train.max_steps_per_epoch = 0   # 0: the whole epoch
+    c.train.max_steps_per_epoch = 0
 
     c.tricks = ml_collections.ConfigDict()
     c.tricks.srip = ml_collections.ConfigDict(
-        {"enabled": True, "coefficient": 1e-2, "layers": "pointwise",
-         "power_iterations": 2, "squared": True, "schedule": ""})
+        {"enabled": True, "coefficient": 0.7, "layers": "pointwise",
+         "power_iterations": 2, "squared": True, "reduction": "mean",
+         "gram": "fan_in", "vector": "fresh", "schedule": ""})
     c.tricks.adaptive_smoothing = ml_collections.ConfigDict(
         {"enabled": True, "epsilon": 0.3, "refresh": "epoch"})
 
@@ -75,11 +113,16 @@ def get_config(arg=None):
     c.cost.freebie = True        # unquantized: params and mults count at 16 bits
 
     c.prune = ml_collections.ConfigDict()
-    c.prune.target = 0.6
-    c.prune.sparsity_schedule = "polynomial"
-    c.prune.epochs = 100
-    c.prune.learning_rate = 0.01
-    c.prune.schedule = "cosine"
+    c.prune.method = "global"
+    c.prune.rates = PRUNE_RATES
+    c.prune.normalize = "none"
+    c.prune.rewind = "best"
+    c.prune.target = PRUNE_RATES[-1]
+    c.prune.epochs = 150 * len(PRUNE_RATES)
+    c.prune.learning_rate = 0.1
+    c.prune.schedule = "cosine_cycles"
+    c.prune.restart_cycles = len(PRUNE_RATES)
+    c.prune.min_learning_rate = 5e-4
     c.prune.smoothing_epsilon = 0.1
 
     c.export = ml_collections.ConfigDict()
@@ -93,16 +136,19 @@ def get_config(arg=None):
 
 
 def smoke(c):
-    """Seconds on CPU: digits at 32x32 RGB, two small stages, a few steps."""
+    """Seconds on CPU: digits at 32x32 RGB, two block rows, a few steps."""
     c.data = ml_collections.ConfigDict(
         {"name": "digits", "image_size": 32, "channels": 3, "batch_size": 32,
          "mix": "cutmix", "mix_alpha": 1.0, "fractions": (0.6, 0.2, 0.2)})
-    c.model.kwargs.stages = ((16, 1, 1), (24, 2, 2))
-    c.model.kwargs.stem_filters = 16
+    c.model.kwargs = ml_collections.ConfigDict(
+        {"blocks_table": ((3, 16, 1, 1), (3, 24, 2, 2)), "stem_filters": 16})
     c.train.epochs = 2
+    c.train.restart_cycles = 2
     c.train.max_steps_per_epoch = 8
     c.train.learning_rate = 0.05
+    c.prune.rates = (0.3, 0.6)
     c.prune.epochs = 2
+    c.prune.restart_cycles = 2
     c.prune.learning_rate = 0.01
     c.export.representative_examples = 32
     c.export.verify_examples = 64

@@ -1,64 +1,103 @@
-"""OSI-AI's MicroNet 2019 CIFAR-100 entry (3rd place): an EfficientNet-style
-net with one early-exit head after block 4, trained with the backbone frozen,
-then magnitude pruning.
+"""OSI-AI's MicroNet 2019 CIFAR-100 entry (3rd place), as its code trains it
+(Lee-Gihun/MicroNet_OSI-AI @fb0163a: reproduce.sh, Config/reproduce1-5.json;
+facts with file:line in ENTRIES.md).
 
-Reproduces: about 30% of test images leave at the head (max softmax > 0.85),
-80.0% top-1, MicroNet score 0.0061 without the exit -> 0.0058 with it.
+Reproduces: 80.04% top-1; dense 0.014981 -> 64% pruned 0.006100 -> exit at
+block 4 (32.17% exit) 0.005977 -> exit head pruned to 50% (29.29% exit)
+0.005798 (leaderboard 0.0058). The entry counted with the official counter
+(16-bit inputs and parameters, 32-bit accumulators, a 1-bit mask, BN as conv
+bias), so its own profile is ``conventions="official"``: the network at 64%
+with the exit at 32.17% counts 0.005962 here (measured on random weights
+globally pruned to 64%, tests/models_entries_test.py).
 
-Recipe (facts in DESIGN.md): head after block 4 = depthwise 3x3 -> 1x1 conv ->
-pool -> dense (``mntk.early_exit.osi_head``), trained alone on the frozen
-backbone with the confidence-weighted loss (CE x (1 + max softmax)); a sample
-exits when its max softmax passes the threshold.
+Network (``mntk.models.osi_efficientnet``, 470,776 weights + biases, 117.59M
+ops): 32x32 input nearest-upsampled to 63x63, stem 3x3/2 24 (-> 31x31), 10
+MBConv blocks at width 0.9 (16, 24, 40/s2, 40, 48, 64, 64, 80/s2, 80, 96),
+SE 0.2 of the block input with a sigmoid gate, swish, ghost BatchNorm (4
+splits), head 1x1 136, Dropout 0.2, drop-connect 0.2; torch's default init.
 
-Departures: the entry's network widths, training schedule and quantization
-are not in our facts: the backbone is ``efficientnet_cifar`` (B0's stages,
-stride 8 for 32x32) at width 1.0 trained with SGD/cosine for 300 epochs, so
-its score is far above 0.0058 until it is shrunk and quantized like the
-entry's; the threshold is calibrated on the validation split for the
-published 30% exit rate (the stage records the threshold it found, to compare
-with 0.85) instead of being fixed; pruning goes to 50% (our choice).
+Training: SGD lr 0.13, momentum 0.9 (no Nesterov), coupled L2 1e-5 on every
+parameter but biases (BN beta included), cosine over 1200 epochs, batch 128,
+label smoothing 0.3, mixup alpha 1, seed 1111.
 
-Stages: train -> early_exit (head, calibration, per-sample exit in Keras and as
-staged TFLite) -> prune -> export (the pruned backbone as float/int8 TFLite).
+Order (reproduce.sh): train -> prune to 50% (5 rounds), 60% (4), 64% (2),
+each round 600 epochs at lr 0.13 cosine with a fresh optimizer, global
+threshold on per-layer L2-normalised |w|, no rewinding -> exit head after
+block 4 (depthwise 3x3 -> BN -> swish -> 1x1 136 -> BN -> swish -> GAP ->
+Dense, 20,660 params) trained 800 epochs on the pruned, frozen backbone whose
+BN statistics keep updating, without mixup, loss CE x (1 + max softmax) ->
+exit head pruned to 50% (5 rounds of 600 epochs); a sample exits when its max
+softmax passes 0.85 (fixed; ``early_exit.threshold``; the calibrated
+alternative is ``early_exit.target``).
+
+Departures, and why:
+- Augmentation: crop/flip only until ``mntk.data``'s CIFAR-100 AutoAugment
+  policy lands (issue 13, helper ``augment``).
+- The exit head's own pruning (the entry's last 0.000179) is not a stage yet:
+  the recipe stops at 0.005977-level counts.
+
+Stages: train -> prune -> early_exit -> export.
+
+One GPU: 1200 + 11 x 600 epochs + 800 epochs at 63x63 (about 7 passes of the
+B0-sized work per epoch of KAIST's): estimated several days on one H100-class
+GPU (not measured); the entry's own README lists the same order.
 
 Run:   mntk train --config=recipes/osi_cifar100.py --workdir=runs/osi
 Smoke: mntk train --config=recipes/osi_cifar100.py:smoke --workdir=/tmp/osi
 """
 import ml_collections
 
+PUBLISHED = {"top1": 80.04, "dense": 0.014981, "pruned": 0.006100, "exit": 0.005977,
+             "exit_pruned": 0.005798, "leaderboard": 0.0058}
+
+
+def _rounds(targets_rounds, start=0.0):
+    """The entry's 'gradually' rates: prev + (target - prev) * (r + 1) / rounds."""
+    rates, prev = [], start
+    for target, rounds in targets_rounds:
+        rates += [prev + (target - prev) * (r + 1) / rounds for r in range(rounds)]
+        prev = target
+    return tuple(round(r, 6) for r in rates)
+
+
+PRUNE_RATES = _rounds(((0.50, 5), (0.60, 4), (0.64, 2)))
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.name = "osi_cifar100"
-    c.seed = 0
+    c.seed = 1111
     c.smoke = arg == "smoke"
-    c.strategy = "default"       # default | mirrored | multi_worker | tpu
-    c.tpu = ""
+    c.strategy = "default"
     c.verbose = 2
-    c.stages = ("train", "early_exit", "prune", "export")
+    c.stages = ("train", "prune", "early_exit", "export")
+    c.published_error = (100 - PUBLISHED["top1"],)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar100"
-    c.data.batch_size = 128      # per replica
-    # 45k/5k/10k: the exit threshold is calibrated on held-out training images
+    c.data.batch_size = 128
+    c.data.mix = "mixup"
+    c.data.mix_alpha = 1.0
+    # 45k/5k/10k: validation images for the calibrated-threshold alternative
     c.data.split_names = ml_collections.ConfigDict(
         {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"})
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "efficientnet_cifar"
+    c.model.name = "osi_efficientnet"
     c.model.classifier = "logits"
-    c.model.kwargs = ml_collections.ConfigDict(
-        {"width_multiplier": 1.0, "depth_multiplier": 1.0, "head_filters": 1280,
-         "dropout": 0.2, "drop_connect_rate": 0.2})
+    c.model.kwargs = ml_collections.ConfigDict()
 
     c.train = ml_collections.ConfigDict()
-    c.train.epochs = 300
+    c.train.epochs = 1200
     c.train.optimizer = "sgd"
-    c.train.nesterov = True
+    c.train.nesterov = False
     c.train.momentum = 0.9
-    c.train.learning_rate = 0.1
+    c.train.learning_rate = 0.13
     c.train.schedule = "cosine"
-    c.train.weight_decay = 5e-5
+    c.train.weight_decay = 0.0
+    c.train.l2 = 1e-5
+    c.train.l2_on = "no_biases"
+    c.train.label_smoothing = 0.3
     c.train.scale_with_replicas = True
     c.train.max_steps_per_epoch = 0
 
@@ -68,24 +107,31 @@ def get_config(arg=None):
     c.cost.task = "cifar100"
     c.cost.freebie = True
 
+    c.prune = ml_collections.ConfigDict()
+    c.prune.method = "global"
+    c.prune.rates = PRUNE_RATES
+    c.prune.normalize = "l2"
+    c.prune.rewind = "none"
+    c.prune.target = PRUNE_RATES[-1]
+    c.prune.epochs = 600 * len(PRUNE_RATES)
+    c.prune.learning_rate = 0.13
+    c.prune.schedule = "cosine_cycles"
+    c.prune.restart_cycles = len(PRUNE_RATES)
+
     c.early_exit = ml_collections.ConfigDict()
     c.early_exit.at = ("block4_out",)
-    c.early_exit.head = "osi"
+    c.early_exit.head = "osi_entry"          # 136 wide, ghost BN (mntk.models.osi_exit_head)
     c.early_exit.loss = "confidence_weighted"
     c.early_exit.freeze_backbone = True
-    c.early_exit.epochs = 30
-    c.early_exit.learning_rate = 0.01
+    c.early_exit.backbone_bn_updates = True  # frozen weights, BN statistics still move
+    c.early_exit.mix = False
+    c.early_exit.label_smoothing = 0.0
+    c.early_exit.epochs = 800
+    c.early_exit.learning_rate = 0.13
     c.early_exit.schedule = "cosine"
     c.early_exit.criterion = "max_softmax"
-    c.early_exit.target = ml_collections.ConfigDict({"exit_rate": 0.3})
-    c.early_exit.max_examples = 0      # 0: the whole validation / test split
-
-    c.prune = ml_collections.ConfigDict()
-    c.prune.target = 0.5
-    c.prune.sparsity_schedule = "polynomial"
-    c.prune.epochs = 60
-    c.prune.learning_rate = 0.01
-    c.prune.schedule = "cosine"
+    c.early_exit.threshold = 0.85
+    c.early_exit.max_examples = 0
 
     c.export = ml_collections.ConfigDict()
     c.export.kinds = ("float", "int8")
@@ -98,21 +144,22 @@ def get_config(arg=None):
 
 
 def smoke(c):
-    """Seconds on CPU: digits at 32x32 RGB, a quarter-width net, a few steps."""
+    """Seconds on CPU: digits at 32x32 RGB, upsampled to 35, a few steps."""
     c.data = ml_collections.ConfigDict(
         {"name": "digits", "image_size": 32, "channels": 3, "batch_size": 32,
-         "fractions": (0.6, 0.2, 0.2)})
+         "mix": "mixup", "mix_alpha": 1.0, "fractions": (0.6, 0.2, 0.2)})
     c.model.kwargs = ml_collections.ConfigDict(
-        {"width_multiplier": 0.25, "depth_multiplier": 0.3, "head_filters": 64,
-         "dropout": 0.0, "drop_connect_rate": 0.0})
+        {"upsample": 35, "width": 0.25, "head_filters": 64, "dropout": 0.0,
+         "drop_connect_rate": 0.0})
     c.train.epochs = 2
     c.train.max_steps_per_epoch = 8
-    c.train.optimizer = "adam"
-    c.train.learning_rate = 3e-3
-    c.early_exit.epochs = 2
-    c.early_exit.learning_rate = 3e-3
-    c.early_exit.schedule = "constant"
+    c.train.learning_rate = 0.05
+    c.prune.rates = (0.3, 0.5)
     c.prune.epochs = 2
-    c.prune.learning_rate = 1e-3
+    c.prune.restart_cycles = 2
+    c.prune.learning_rate = 0.01
+    c.early_exit.epochs = 2
+    c.early_exit.learning_rate = 0.01
+    c.early_exit.threshold = 0.5
     c.export.representative_examples = 32
     c.export.verify_examples = 64
