@@ -79,8 +79,10 @@ def step_decay(initial_learning_rate, epochs, rates, steps_per_epoch):
         raise ValueError(f"step_decay: epochs={epochs} must be increasing and >= 1.")
     if not epochs:
         return float(initial_learning_rate)
+    # PiecewiseConstantDecay switches once step > boundary: the last step of
+    # the epoch before, so epoch e's first step has the new rate
     return keras.optimizers.schedules.PiecewiseConstantDecay(
-        [int(e) * int(steps_per_epoch) for e in epochs],
+        [int(e) * int(steps_per_epoch) - 1 for e in epochs],
         [float(initial_learning_rate)] + [float(r) for r in rates])
 
 

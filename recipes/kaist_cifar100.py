@@ -20,6 +20,10 @@ blocks have no residual and compute, then drop, their SE gate; GAP ->
 Dropout 0.3 -> Dense. Init N(0, sqrt(2/(k*k*out))), Dense N(0, 0.01), BN
 momentum 0.01 (torch terms).
 
+Data (Utils/transform.py:55-90): an epoch is four copies of CIFAR-100, each
+under one of the four Fast-AutoAugment policies (``data.autoaugment="kaist"``),
+then crop 32 with 4 pixels of padding filled with 128, flip, normalize.
+
 Training (micronet_main.py, Utils/train_32bit.py): SGD Nesterov, momentum 0.9,
 lr 0.1, batch 128, coupled L2 1e-5 on every parameter; four equal 150-epoch
 cosine cycles (to 5e-4), each with a fresh optimizer; CutMix alpha 1 on every
@@ -35,11 +39,6 @@ fresh optimizer, masks from the current weights, then the stage-start
 (best) weights rewound; smoothing eps 0.1, SRIP and CutMix kept.
 
 Departures, and why:
-- Augmentation: crop/flip only. The entry's epoch is four copies of CIFAR-100
-  under four Fast-AutoAugment policies (200k images an epoch); they come with
-  ``mntk.data``'s policy transforms (issue 13, helper ``augment``); until
-  then an epoch here is 50k images, so 600 epochs are a quarter of the
-  entry's passes.
 - Label loss: the entry's default flag is plain cross-entropy and its README
   describes adaptive smoothing; which one produced the checkpoint is not
   recorded (ENTRIES.md marks it). This recipe follows the README.
@@ -49,8 +48,8 @@ Departures, and why:
 
 Stages: train -> prune -> export (float and int8 TFLite, verified with LiteRT).
 
-One GPU: about 600 x 50k images for training + 7 x 150 epochs of pruning;
-estimated 12 h on one H100-class GPU (not measured).
+One GPU: 600 epochs of 200k images for training + 7 x 150 such epochs of
+pruning: estimated 20 h on one H100-class GPU (not measured).
 
 Run:   mntk train --config=recipes/kaist_cifar100.py --workdir=runs/kaist
 Smoke: mntk train --config=recipes/kaist_cifar100.py:smoke --workdir=/tmp/kaist
@@ -79,6 +78,8 @@ def get_config(arg=None):
     c.data.mix = "cutmix"
     c.data.mix_alpha = 1.0
     c.data.mix_probability = 1.0
+    c.data.autoaugment = "kaist"  # one copy per Fast-AutoAugment policy: 200k images an epoch
+    c.data.pad_fill = 128.0       # RandomCrop(32, padding=4, fill=128)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "kaist_micronet"

@@ -18,7 +18,9 @@ splits), head 1x1 136, Dropout 0.2, drop-connect 0.2; torch's default init.
 
 Training: SGD lr 0.13, momentum 0.9 (no Nesterov), coupled L2 1e-5 on every
 parameter but biases (BN beta included), cosine over 1200 epochs, batch 128,
-label smoothing 0.3, mixup alpha 1, seed 1111.
+label smoothing 0.3, mixup alpha 1, seed 1111; their CIFAR100Policy
+AutoAugment (data_setter.py:63-92; ``data.autoaugment="osi_cifar100"``)
+before crop and flip.
 
 Order (reproduce.sh): train -> prune to 50% (5 rounds), 60% (4), 64% (2),
 each round 600 epochs at lr 0.13 cosine with a fresh optimizer, global
@@ -31,16 +33,21 @@ softmax passes 0.85 (fixed; ``early_exit.threshold``; the calibrated
 alternative is ``early_exit.target``).
 
 Departures, and why:
-- Augmentation: crop/flip only until ``mntk.data``'s CIFAR-100 AutoAugment
-  policy lands (issue 13, helper ``augment``).
 - The exit head's own pruning (the entry's last 0.000179) is not a stage yet:
   the recipe stops at 0.005977-level counts.
+- 45k of the 50k training images train (5k validate the calibrated-threshold
+  alternative); the entry trained on all 50k.
+- The exit stage keeps the run's mixup and label smoothing (the entry trained
+  the head on unmixed images without smoothing), and the frozen backbone's BN
+  scale and offset train along with its statistics (Keras' BatchNormalization
+  updates its statistics only while trainable).
+- The pruning stages' masks and rewind state are not in the resume backup: a
+  run killed inside ``prune`` restarts that stage's masks from the weights.
 
 Stages: train -> prune -> early_exit -> export.
 
-One GPU: 1200 + 11 x 600 epochs + 800 epochs at 63x63 (about 7 passes of the
-B0-sized work per epoch of KAIST's): estimated several days on one H100-class
-GPU (not measured); the entry's own README lists the same order.
+One GPU: 1200 + 11 x 600 + 800 epochs of 45k images at 63x63: estimated
+1.5 days on one H100-class GPU (not measured).
 
 Run:   mntk train --config=recipes/osi_cifar100.py --workdir=runs/osi
 Smoke: mntk train --config=recipes/osi_cifar100.py:smoke --workdir=/tmp/osi
@@ -78,6 +85,7 @@ def get_config(arg=None):
     c.data.batch_size = 128
     c.data.mix = "mixup"
     c.data.mix_alpha = 1.0
+    c.data.autoaugment = "osi_cifar100"   # their CIFAR100Policy before crop/flip
     # 45k/5k/10k: validation images for the calibrated-threshold alternative
     c.data.split_names = ml_collections.ConfigDict(
         {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"})
@@ -124,8 +132,6 @@ def get_config(arg=None):
     c.early_exit.loss = "confidence_weighted"
     c.early_exit.freeze_backbone = True
     c.early_exit.backbone_bn_updates = True  # frozen weights, BN statistics still move
-    c.early_exit.mix = False
-    c.early_exit.label_smoothing = 0.0
     c.early_exit.epochs = 800
     c.early_exit.learning_rate = 0.13
     c.early_exit.schedule = "cosine"

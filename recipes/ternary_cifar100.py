@@ -20,19 +20,18 @@ adds per output); ternary forfeits the 16-bit freebie. Compare with KAIST's
 Float stage: KAIST's training as its code has it (see kaist_cifar100.py;
 repeated here, recipes import nothing from each other): SGD Nesterov 0.1,
 batch 128, coupled L2 1e-5, four equal 150-epoch cosine cycles to 5e-4 with
-fresh optimizers, CutMix, SRIP 0.7 (mean, fan-in side, fresh vector) on all
+fresh optimizers, four Fast-AutoAugment copies an epoch, CutMix, SRIP 0.7 (mean, fan-in side, fresh vector) on all
 1x1 convs, adaptive smoothing eps 0.3.
 
-Departures, and why: the float stage's Fast-AutoAugment four-copies epoch
-comes with ``mntk.data``'s policies (issue 13); the first conv and the
+Departures, and why: the first conv and the
 classifier stay float (TTQ's paper rule); the depthwise convs are ternarized
 too, where ProxylessNAS-TTQ kept them float (the quantize stage's ``skip``
 takes layer names or "default", no layer kinds yet).
 
 Stages: train -> export (float model) -> quantize (TTQ, int8 TFLite verified).
 
-One GPU: KAIST's 600 float epochs + 30 TTQ epochs; estimated 8 h on one
-H100-class GPU (not measured).
+One GPU: KAIST's 600 float epochs + 30 TTQ epochs; estimated 15 h on one
+H100-class GPU (not measured), most of it the float stage.
 
 Run:   mntk train --config=recipes/ternary_cifar100.py --workdir=runs/ternary
 Smoke: mntk train --config=recipes/ternary_cifar100.py:smoke --workdir=/tmp/ternary
@@ -54,6 +53,8 @@ def get_config(arg=None):
     c.data.batch_size = 128
     c.data.mix = "cutmix"
     c.data.mix_alpha = 1.0
+    c.data.autoaugment = "kaist"
+    c.data.pad_fill = 128.0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "kaist_micronet"

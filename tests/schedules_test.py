@@ -37,8 +37,11 @@ def test_cosine_cycles_per_step():
 
 def test_step_decay_switches_at_epochs():
     sched = schedules.step_decay(0.1, (82, 123, 300), (0.01, 0.001, 0.0002), 10)
+    # the rate of the first step of each (0-based) epoch
     got = [float(sched(e * 10)) for e in (0, 81, 82, 122, 123, 299, 300, 399)]
-    np.testing.assert_allclose(got, [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0002])
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0002, 0.0002],
+                               rtol=1e-6)
+    assert float(sched(82 * 10 - 1)) == pytest.approx(0.1)   # last step of epoch 81
     with pytest.raises(ValueError, match="one rate per"):
         schedules.step_decay(0.1, (1, 2), (0.1,), 10)
 

@@ -15,7 +15,7 @@ from typing import Dict, List
 import numpy as np
 import tensorflow as tf
 
-from mntk import cost, regularizers
+from mntk import cost, regularizers, schedules
 from mntk import data as data_lib
 from mntk.compat import keras
 from mntk.train.callbacks import (CheckedBackupAndRestore, DivergenceGuard,
@@ -124,6 +124,10 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     guard = DivergenceGuard(stage, validation_batch(ctx.data), hint=(
         f"lower {stage}.learning_rate or check the input data; the last good epoch is kept "
         f"in {os.path.relpath(backup_dir, ctx.workdir)}, and a rerun resumes from it"))
+    rate = getattr(model.optimizer, "_learning_rate", None)
+    if isinstance(rate, schedules.CosineCycles):
+        # each cycle starts from a fresh optimizer state, as the entries' runs did
+        callbacks = list(callbacks) + [schedules.ResetOptimizerState(rate.cycle_steps)]
     # the guard comes first: it must fire before a diverged epoch is backed up
     all_callbacks = [guard] + list(callbacks) + [
         EpochSeededRandomness(int(config.seed)),

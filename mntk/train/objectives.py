@@ -60,7 +60,8 @@ def attach_tricks(model, config) -> Tuple[Dict[str, Any], Any, List]:
     if srip_cfg.enabled:
         srip = regularizers.apply_srip(
             model, float(srip_cfg.coefficient), layers=srip_cfg.layers,
-            power_iterations=int(srip_cfg.power_iterations), squared=bool(srip_cfg.squared))
+            power_iterations=int(srip_cfg.power_iterations), squared=bool(srip_cfg.squared),
+            reduction=srip_cfg.reduction, gram=srip_cfg.gram, vector=srip_cfg.vector)
         if srip_cfg.schedule:
             callbacks.append(callbacks_lib.CoefficientSchedule(srip_cfg.schedule, target=srip))
         summary["srip"] = dict(srip_cfg.items())
@@ -85,6 +86,17 @@ def first_column_accuracy(y_true, y_pred):
 def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1,
                   train_cfg=None, metrics=None):
     """``model.compile`` with the recipe's optimizer (``train_cfg``: a stage's
-    merged optimizer fields; default ``config.train``)."""
-    model.compile(optimizer=make_optimizer(train_cfg or config.train, steps_per_epoch, replicas),
+    merged optimizer fields; default ``config.train``). A coupled L2 term
+    (``l2``, ``l2_on``) is added to the model's losses once per model."""
+    cfg = train_cfg or config.train
+    if float(cfg.l2 or 0.0) > 0:
+        attached = getattr(model, "_mntk_l2", None)
+        wanted = (float(cfg.l2), str(cfg.l2_on))
+        if attached is None:
+            regularizers.apply_l2(model, wanted[0], on=wanted[1])
+            model._mntk_l2 = wanted
+        elif attached != wanted:
+            raise RecipeError(f"model {model.name!r} already carries coupled L2 {attached}; "
+                              f"a stage asked for {wanted}. Use the same l2 and l2_on.")
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, replicas),
                   loss=loss, metrics=metrics or [accuracy_metric(config)])

@@ -4,10 +4,15 @@
 of ``config.train`` (or a stage's merged copy, ``schema.section_train_config``):
 SGD (momentum, Nesterov), Adam or AdamW; constant, cosine (Loshchilov & Hutter
 2017, without restarts) or cosine with warm restarts whose cycles double in
-length (SGDR, t_mul=2). With ``scale_with_replicas`` the learning rate is
+length (SGDR, t_mul=2); ``cosine_cycles``: ``restart_cycles`` equal cosine
+cycles down to ``min_learning_rate``, each with a fresh optimizer state (the
+KAIST and OSI-AI runs; ``mntk.schedules.CosineCycles``, reset by ``fit``);
+``step``: the rate switches to ``step_learning_rates[i]`` at
+``step_epochs[i]`` (the TTQ code). With ``scale_with_replicas`` the learning rate is
 multiplied by the replica count (linear scaling, Goyal et al. 2017), matching
 the global batch.
 """
+from mntk import schedules
 from mntk.compat import keras
 from mntk.train.errors import RecipeError
 from mntk.train.schema import OPTIMIZERS, SCHEDULES
@@ -17,10 +22,23 @@ def make_schedule(cfg, steps_per_epoch: int, replicas: int = 1):
     """The learning rate (a float or a Keras schedule) over ``cfg.epochs`` epochs."""
     lr = float(cfg.learning_rate) * (replicas if cfg.scale_with_replicas else 1)
     total = max(1, int(cfg.epochs) * steps_per_epoch)
+    scale = lr / float(cfg.learning_rate)
+    floor = float(cfg.min_learning_rate or 0.0) * scale
     if cfg.schedule == "constant":
         return lr
     if cfg.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, total)
+        return keras.optimizers.schedules.CosineDecay(lr, total, alpha=floor / lr)
+    if cfg.schedule == "cosine_cycles":
+        cycles = int(cfg.restart_cycles)
+        if int(cfg.epochs) % cycles:
+            raise RecipeError(f"schedule 'cosine_cycles': epochs={cfg.epochs} is not a "
+                              f"multiple of restart_cycles={cycles}; the cycles are equal.")
+        return schedules.CosineCycles(lr, total // cycles, floor,
+                                      steps_per_epoch=steps_per_epoch)
+    if cfg.schedule == "step":
+        return schedules.step_decay(lr, cfg.step_epochs or (),
+                                    [float(r) * scale for r in cfg.step_learning_rates or ()],
+                                    steps_per_epoch)
     if cfg.schedule == "cosine_restarts":
         # first cycle length chosen so `restart_cycles` doubling cycles fill the run:
         # first * (1 + 2 + ... + 2^(c-1)) = first * (2^c - 1) = total

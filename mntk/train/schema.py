@@ -46,7 +46,7 @@ from mntk.train.errors import ConfigError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "cosine_restarts")
+SCHEDULES = ("constant", "cosine", "cosine_restarts", "cosine_cycles", "step")
 SCHEMES = ("ternary", "learned", "binary", "int8")
 EXPORT_KINDS = ("float", "dynamic", "int8")
 
@@ -132,6 +132,9 @@ INHERITED = (
     ("learning_rate", float, (positive,)), ("schedule", str, (one_of(*SCHEDULES),)),
     ("restart_cycles", int, (at_least(1),)), ("momentum", float, (below_one,)),
     ("nesterov", bool, ()), ("weight_decay", float, (non_negative,)),
+    ("min_learning_rate", float, (non_negative,)), ("step_epochs", tuple, ()),
+    ("step_learning_rates", tuple, ()), ("l2", float, (non_negative,)),
+    ("l2_on", str, (one_of("all", "no_biases", "kernels"),)),
 )
 
 
@@ -163,6 +166,9 @@ FIELDS: Tuple[Field, ...] = (
     F("data.split_names", dict, None, doc="TFDS only: {train, validation, test} split specs"),
     F("data.cache", bool, None, doc="TFDS only: cache decoded images"),
     F("data.shuffle_buffer", int, None, at_least(1), doc="TFDS only: shuffle buffer size"),
+    F("data.autoaugment", str, None, doc="TFDS only: an AutoAugment-style policy or set "
+      "(mntk.data.autoaugment): 'kaist' = four policy copies an epoch, 'osi_cifar100'"),
+    F("data.pad_fill", float, None, doc="TFDS CIFAR only: crop padding value 0..255 (KAIST 128)"),
     F("data.augment", bool, None, doc="training augmentation (None: the data set's default)"),
     F("data.deterministic", bool, False, doc="deterministic tf.data order"),
     F("data.one_hot", bool, False, doc="one-hot labels (implied by data.mix)"),
@@ -187,12 +193,27 @@ FIELDS: Tuple[Field, ...] = (
     F("train.scale_with_replicas", bool, True, doc="batch and learning rate x replicas"),
     F("train.max_steps_per_epoch", int, 0, at_least(0), doc="cap on steps (0: whole epoch)"),
     F("train.label_smoothing", float, 0.0, below_one, doc="needs one-hot labels"),
+    F("train.min_learning_rate", float, 0.0, non_negative,
+      doc="floor of cosine / cosine_cycles (torch's eta_min), per replica when scaled"),
+    F("train.step_epochs", tuple, (), doc="schedule 'step': epochs where the rate changes"),
+    F("train.step_learning_rates", tuple, (), doc="schedule 'step': the rate from each of them"),
+    F("train.l2", float, 0.0, non_negative,
+      doc="coupled L2 weight decay (mntk.regularizers.apply_l2; torch SGD's weight_decay)"),
+    F("train.l2_on", str, "all", one_of("all", "no_biases", "kernels"),
+      doc="variables the coupled L2 covers"),
+    F("init_from", str, "", doc="start from this .keras/.h5 model instead of model.name "
+      "(the qat8 stage's trained float model)"),
     # tricks
     F("tricks.srip.enabled", bool, False, doc="SRIP (Bansal et al. 2018)"),
     F("tricks.srip.coefficient", float, 1e-2, non_negative),
     F("tricks.srip.layers", str, "pointwise", one_of("pointwise", "conv", "all")),
     F("tricks.srip.power_iterations", int, 2, at_least(1)),
     F("tricks.srip.squared", bool, False),
+    F("tricks.srip.reduction", str, "sum", one_of("sum", "mean"), doc="over layers"),
+    F("tricks.srip.gram", str, "smaller", one_of("smaller", "fan_in", "fan_out"),
+      doc="which Gram matrix (KAIST: fan_in)"),
+    F("tricks.srip.vector", str, "persistent", one_of("persistent", "fresh"),
+      doc="power-iteration start (KAIST: a fresh N(0, 1) vector each step)"),
     F("tricks.srip.schedule", str, "", doc="mntk.callbacks.CoefficientSchedule preset"),
     F("tricks.adaptive_smoothing.enabled", bool, False, doc="KAIST's adaptive smoothing"),
     F("tricks.adaptive_smoothing.epsilon", float, 0.3, below_one),
@@ -209,6 +230,10 @@ FIELDS: Tuple[Field, ...] = (
     F("early_exit.freeze_backbone", bool, True),
     F("early_exit.criterion", str, "max_softmax", one_of("max_softmax", "entropy")),
     F("early_exit.max_examples", int, 0, at_least(0), doc="0: whole val/test split"),
+    F("early_exit.threshold", float, None, fraction,
+      doc="a fixed exit threshold (OSI: 0.85 max softmax) instead of early_exit.target"),
+    F("early_exit.backbone_bn_updates", bool, False,
+      doc="frozen backbone's BatchNorm keeps updating its statistics (OSI)"),
     F("early_exit.target.exit_rate", float, None, fraction),
     F("early_exit.target.max_accuracy_drop", float, None, fraction),
     F("early_exit.target.mean_ops", float, None, positive),
@@ -217,6 +242,13 @@ FIELDS: Tuple[Field, ...] = (
     F("prune.target", float, 0.5, below_one, doc="final sparsity"),
     F("prune.sparsity_schedule", str, "polynomial", one_of("polynomial", "constant")),
     F("prune.smoothing_epsilon", float, 0.0, below_one, doc="adaptive smoothing while pruning"),
+    F("prune.method", str, "tfmot", one_of("tfmot", "global"),
+      doc="tfmot: per layer; global: one threshold (mntk.global_pruning)"),
+    F("prune.rates", tuple, (), each(below_one),
+      doc="global: one rate per stage of equal length (prune.epochs / len)"),
+    F("prune.normalize", str, "none", one_of("none", "l2"), doc="global: OSI's l2"),
+    F("prune.rewind", str, "none", one_of("none", "best", "stage_start"),
+      doc="global: weights reloaded after each stage's masks (KAIST: best)"),
     *stage_optimizer("prune"),
     # quantize (learned-scheme bit fields: None is the scheme's own default)
     F("quantize.scheme", str, None, one_of(None, *SCHEMES), required_by="quantize"),
@@ -237,6 +269,8 @@ FIELDS: Tuple[Field, ...] = (
     F("quantize.distillation.temperature", float, 4.0, positive),
     F("quantize.distillation.alpha", float, 0.5, fraction),
     *stage_optimizer("quantize"),
+    # qat8: 8-bit QAT of a trained float model (init_from or the previous stage's)
+    *stage_optimizer("qat8"),
     # finetune
     *stage_optimizer("finetune"),
     # export

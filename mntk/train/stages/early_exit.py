@@ -6,11 +6,12 @@ per-sample exit on the test split in Keras and as staged TFLite. ``ctx.model``
 stays the backbone.
 """
 import functools
+import importlib
 import os
 
 import numpy as np
 
-from mntk import cost, early_exit, export, losses
+from mntk import cost, early_exit, export, losses, models
 from mntk.train.objectives import base_loss
 from mntk.train.optim import make_optimizer
 from mntk.train.fit import fit
@@ -25,7 +26,9 @@ def early_exit_stage(ctx) -> StageSummary:
     # quantize) must train them again.
     trainable = [(layer, layer.trainable) for layer in ctx.model.layers]
     head = cfg.head
-    if head == "osi" and cfg.head_bn_momentum is not None:
+    if head == "osi_entry":   # the OSI-AI entry's own head: 136 wide, ghost BN
+        head = models.osi_exit_head()
+    elif head == "osi" and cfg.head_bn_momentum is not None:
         head = functools.partial(early_exit.osi_head, bn_momentum=float(cfg.head_bn_momentum))
     stage_cfg = section_train_config(config, "early_exit")
     with ctx.strategy.scope():
@@ -35,15 +38,19 @@ def early_exit_stage(ctx) -> StageSummary:
             loss = [losses.ConfidenceWeighted()] * (len(multi.outputs) - 1) + [base_loss(config)]
         early_exit.compile_exits(
             multi, make_optimizer(stage_cfg, ctx.steps(), ctx.replicas),
-            loss=loss, freeze_backbone=bool(cfg.freeze_backbone))
+            loss=loss, freeze_backbone=bool(cfg.freeze_backbone),
+            bn_trainable=bool(cfg.backbone_bn_updates))
     fit(ctx, multi, int(stage_cfg.epochs), [])
     for layer, flag in trainable:
         layer.trainable = flag
     target = {k: float(v) for k, v in cfg.target.items() if v is not None}
     limit = int(cfg.max_examples) or None
     x_test, y_test = data.arrays("test", limit)
-    cal = early_exit.calibrate(multi, data.arrays("validation", limit), criterion=cfg.criterion,
-                               curve=True, verbose=0, **target)
+    if cfg.threshold is not None:
+        cal = _fixed_threshold(multi, data.arrays("validation", limit), cfg)
+    else:
+        cal = early_exit.calibrate(multi, data.arrays("validation", limit),
+                                   criterion=cfg.criterion, curve=True, verbose=0, **target)
     for folder in (ctx.stage_dir, ctx.workdir):
         cal.to_json(os.path.join(folder, "calibration.json"))
     runner = early_exit.EarlyExitRunner(multi, cal)
@@ -70,3 +77,22 @@ def early_exit_stage(ctx) -> StageSummary:
             directory=os.path.relpath(staged_dir, ctx.workdir),
             agreement=float(np.mean(np.argmax(staged_logits, -1) == np.argmax(logits, -1))),
             same_exits=float(np.mean(staged_exits == exits)))))
+
+
+def _fixed_threshold(multi, validation, cfg):
+    """A Calibration for the fixed ``early_exit.threshold`` (OSI-AI's 0.85), with
+    what it achieves on the validation split."""
+    # the module (mntk.early_exit.calibrate is also the function's name)
+    calibrate_lib = importlib.import_module("mntk.early_exit.calibrate")
+    x, y = validation
+    outputs = [np.asarray(o) for o in multi.predict(x, verbose=0)]
+    exit_ops, baseline_ops = calibrate_lib._ops(multi)
+    thresholds = [float(cfg.threshold)] * (len(outputs) - 1)
+    result = calibrate_lib.evaluate(outputs, y, thresholds, cfg.criterion, exit_ops)
+    final_accuracy = float(np.mean(outputs[-1].argmax(-1) == y))
+    return calibrate_lib.Calibration(
+        criterion=cfg.criterion, thresholds=thresholds, exit_rates=result["exit_rates"],
+        accuracy=result["accuracy"], final_accuracy=final_accuracy, exit_ops=exit_ops,
+        baseline_ops=baseline_ops, mean_ops=result["mean_ops"],
+        ops_saved=1.0 - result["mean_ops"] / baseline_ops, num_samples=int(len(y)),
+        target={"threshold": float(cfg.threshold)})

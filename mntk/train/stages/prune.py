@@ -1,9 +1,15 @@
 """Stage ``prune``: magnitude pruning (tfmot) of the current model to
-``prune.target`` (Zhu & Gupta 2017 polynomial schedule by default).
+``prune.target`` (Zhu & Gupta 2017 polynomial schedule by default), or with
+``prune.method="global"`` one magnitude threshold over every kernel
+(``mntk.global_pruning``, KAIST / OSI-AI) in ``len(prune.rates)`` equal
+stages, the masks recomputed at each stage's rate (``prune.normalize``) and
+the weights rewound (``prune.rewind``); the model stays a plain Keras model,
+so the losses the train stage attached to it (SRIP, coupled L2) stay on.
 
 ``ctx.model`` stays wrapped so a following ``quantize`` stage keeps the
 zeros; ``export`` strips the wrappers."""
-from mntk import losses, pruning
+from mntk import global_pruning, losses, pruning
+from mntk.train.errors import RecipeError
 from mntk.train.evaluation import cost_summary, evaluate
 from mntk.train.fit import fit
 from mntk.train.objectives import base_loss, classifier_layer, compile_model
@@ -11,9 +17,39 @@ from mntk.train.schema import section_train_config
 from mntk.train.summary import PruningFigures, StageSummary
 
 
+def _global_prune_stage(ctx, config, cfg, stage_cfg) -> StageSummary:
+    rates = [float(r) for r in cfg.rates]
+    epochs = int(stage_cfg.epochs)
+    if not rates or epochs % len(rates):
+        raise RecipeError(f"prune.method='global' needs prune.rates (one per stage) and "
+                          f"prune.epochs a multiple of their number; got rates={cfg.rates}, "
+                          f"epochs={epochs}.")
+    per = epochs // len(rates)
+    n_steps = ctx.steps()
+    model = ctx.model
+    with ctx.strategy.scope():
+        gp = global_pruning.GlobalPruning(
+            model, stages={i * per: r for i, r in enumerate(rates)},
+            normalize=None if cfg.normalize == "none" else cfg.normalize,
+            rewind=None if cfg.rewind == "none" else cfg.rewind, monitor="val_accuracy")
+        loss = base_loss(config)
+        if cfg.smoothing_epsilon:
+            loss = losses.AdaptiveLabelSmoothing(classifier_layer(model, config),
+                                                 epsilon=float(cfg.smoothing_epsilon))
+        compile_model(model, config, loss, n_steps, ctx.replicas, stage_cfg)
+    extra = [gp] + ([loss.callback()] if hasattr(loss, "callback") else [])
+    history = fit(ctx, model, epochs, extra)
+    sparsity = gp.sparsity()
+    return StageSummary(pruning=PruningFigures(
+        target=rates[-1], sparsity={k: float(v) for k, v in sparsity.items()},
+        accuracy=evaluate(model, ctx.data), history=history, cost=cost_summary(ctx, model)))
+
+
 def prune_stage(ctx) -> StageSummary:
     config, cfg = ctx.config, ctx.config.prune
     stage_cfg = section_train_config(config, "prune")
+    if cfg.method == "global":
+        return _global_prune_stage(ctx, config, cfg, stage_cfg)
     n_steps = ctx.steps()
     with ctx.strategy.scope():
         model = pruning.prune(ctx.model, target=float(cfg.target),

@@ -12,6 +12,9 @@ def train_stage(ctx) -> StageSummary:
     tricks' settings, the per-epoch history and the MicroNet cost."""
     config, data = ctx.config, ctx.data
     with ctx.strategy.scope():
+        if ctx.model is None and config.init_from:
+            from mntk.train.stages.qat8 import initial_model
+            ctx.model = initial_model(ctx)
         if ctx.model is None:
             ctx.model = models.get(config.model.name, input_shape=data.input_shape,
                                    num_classes=data.num_classes, **dict(config.model.kwargs))

@@ -1,0 +1,83 @@
+"""Runner pieces the entries' recipes need: equal cosine cycles with fresh
+optimizers, step schedules, coupled L2 once per model, the schema's new
+fields, qat8's weight copy back into the float model."""
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mntk import quantization, schedules
+from mntk.compat import keras
+from mntk.train import schema
+from mntk.train.errors import ConfigError, RecipeError
+from mntk.train.objectives import compile_model
+from mntk.train.optim import make_schedule
+from mntk.train.stages.qat8 import copy_qat_weights
+
+
+def _train_cfg(**overrides):
+    config = schema.resolve({"data": {"name": "digits"}, "model": {"name": "digits_cnn"},
+                             "train": overrides})
+    return config
+
+
+def test_cosine_cycles_schedule_is_equal_cycles_with_scaled_floor():
+    config = _train_cfg(epochs=4, schedule="cosine_cycles", restart_cycles=2,
+                        learning_rate=0.1, min_learning_rate=5e-4)
+    sched = make_schedule(config.train, steps_per_epoch=3, replicas=2)
+    assert isinstance(sched, schedules.CosineCycles)
+    assert sched.cycle_steps == 6 and sched.steps_per_epoch == 3
+    assert float(sched(0)) == pytest.approx(0.2)
+    assert float(sched(3)) == pytest.approx(1e-3 + (0.2 - 1e-3) * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert float(sched(6)) == pytest.approx(0.2)          # cycle 2 restarts
+    with pytest.raises(RecipeError, match="multiple of restart_cycles"):
+        make_schedule(_train_cfg(epochs=5, schedule="cosine_cycles", restart_cycles=2).train, 3)
+
+
+def test_step_schedule_switches_at_the_epochs():
+    config = _train_cfg(epochs=10, schedule="step", learning_rate=0.1, step_epochs=(2, 5),
+                        step_learning_rates=(0.01, 0.001), scale_with_replicas=False)
+    sched = make_schedule(config.train, steps_per_epoch=4, replicas=2)
+    np.testing.assert_allclose([float(sched(s)) for s in (0, 7, 8, 19, 20, 39)],
+                               [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def test_coupled_l2_attached_once_per_model():
+    config = _train_cfg(l2=1e-2, l2_on="kernels")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    compile_model(model, config, "mse", steps_per_epoch=1)
+    compile_model(model, config, "mse", steps_per_epoch=1)
+    assert len(model.losses) == 1
+    kernel = model.get_layer("d").kernel.numpy()
+    assert float(model.losses[0]) == pytest.approx(0.5e-2 * np.sum(kernel ** 2), rel=1e-6)
+    other = _train_cfg(l2=1e-3, l2_on="kernels")
+    with pytest.raises(RecipeError, match="already carries coupled L2"):
+        compile_model(model, other, "mse", steps_per_epoch=1)
+
+
+@pytest.mark.parametrize("path,value", [("prune.method", "magnitude"),
+                                        ("tricks.srip.gram", "rows"),
+                                        ("train.l2_on", "weights"),
+                                        ("prune.normalize", "l1")])
+def test_schema_rejects_unknown_choices(path, value):
+    section, *rest = path.split(".")
+    node = {rest[-1]: value}
+    for key in reversed(rest[:-1]):
+        node = {key: node}
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        schema.resolve({"data": {"name": "digits"}, section: node})
+
+
+def test_qat8_copies_trained_weights_back():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(x))
+    qat = quantization.quantize(model, scheme="int8")
+    kernel = next(v for v in qat.trainable_weights if v.name.startswith("conv/kernel"))
+    kernel.assign(kernel + 1.0)
+    trained = kernel.numpy()
+    copied = copy_qat_weights(model, qat)
+    assert "conv" in copied and "logits" in copied
+    np.testing.assert_array_equal(model.get_layer("conv").kernel.numpy(), trained)
