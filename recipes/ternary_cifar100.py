@@ -24,9 +24,9 @@ fresh optimizers, four Fast-AutoAugment copies an epoch, CutMix, SRIP 0.7 (mean,
 1x1 convs, adaptive smoothing eps 0.3.
 
 Departures, and why: the first conv and the
-classifier stay float (TTQ's paper rule); the depthwise convs are ternarized
-too, where ProxylessNAS-TTQ kept them float (the quantize stage's ``skip``
-takes layer names or "default", no layer kinds yet).
+classifier stay float (TTQ's paper rule); the depthwise convs keep 8-bit
+kernels (``TernaryScheme(depthwise="int8")``, mntk's default), where
+ProxylessNAS-TTQ kept them float.
 
 Stages: train -> export (float model) -> quantize (TTQ, int8 TFLite verified).
 
