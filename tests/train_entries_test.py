@@ -3,7 +3,6 @@ optimizers, step schedules, coupled L2 once per model, the schema's new
 fields, qat8's weight copy back into the float model."""
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -17,9 +16,8 @@ from mntk.train.stages.qat8 import copy_qat_weights
 
 
 def _train_cfg(**overrides):
-    config = schema.resolve({"data": {"name": "digits"}, "model": {"name": "digits_cnn"},
-                             "train": overrides})
-    return config
+    return schema.resolve({"data": {"name": "digits"}, "model": {"name": "digits_cnn"},
+                           "train": overrides})
 
 
 def test_cosine_cycles_schedule_is_equal_cycles_with_scaled_floor():
