@@ -102,6 +102,21 @@ def test_exits_by_fraction(at, expected):
     assert got == expected
 
 
+def test_close_fractions_get_distinct_exits_or_a_clear_error():
+    # d1 at 0.18, d2 at 0.55, d3 at 0.91: 0.5 and 0.52 are both nearest d2,
+    # so the deeper one moves on to d3; four exits cannot fit three places.
+    multi = add_exits(dense_chain(), at=[0.5, 0.52], head="linear")
+    got = [mntk.early_exit.graph.producer_node(multi.get_layer(f"exit_{i}").input).layer.name
+           for i in range(2)]
+    assert got == ["d2", "d3"]
+    multi = add_exits(dense_chain(), at=[0.01, 0.02], head="linear")  # not both at d1
+    got = [mntk.early_exit.graph.producer_node(multi.get_layer(f"exit_{i}").input).layer.name
+           for i in range(2)]
+    assert got == ["d1", "d2"]
+    with pytest.raises(ValueError, match="too few for distinct exits"):
+        add_exits(dense_chain(), at=[0.2, 0.4, 0.6, 0.8], head="linear")
+
+
 def test_mean_ops_matches_hand_count():
     # Linear head on d1: Dense(16 -> 4) = 2*16*4 = 128 ops. exit_ops:
     # exit_0 = d1 + head = 256 + 128 = 384; final = 1408 + 128 = 1536.
