@@ -52,6 +52,11 @@ def test_every_stage_module_runs_and_writes_its_summary(all_stages):
     # prune: the polynomial schedule ends at the target on every pruned kernel
     pruned = [v for v in summary.pruning.sparsity.values() if v > 0]
     assert pruned and max(abs(v - 0.5) for v in pruned) < 0.02
+    # ... and its float TFLite file is sparse-encoded and equal to Keras
+    pruned_file = summary.pruning.tflite
+    assert pruned_file.sparse and pruned_file.sparse_note is None
+    assert os.path.getsize(os.path.join(workdir, pruned_file.path)) == pruned_file.bytes
+    assert pruned_file.agreement == 1.0
     # quantize -> finetune: ternary kernels (at most 2 bits a weight) stay ternary
     quantized = summary.stages[4].quantization
     finetuned = summary.stages[5].quantization

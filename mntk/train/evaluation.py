@@ -37,12 +37,16 @@ def cost_summary(ctx, model, **estimate_kwargs) -> CostFigures:
                        note=ctx.config.cost.note or None)
 
 
-def tflite_figures(path: str, workdir: str, nbytes: int, check) -> TfliteFigures:
-    """A TFLite file's size and its ``mntk.export.verify`` parity (final output)."""
+def tflite_figures(path: str, workdir: str, nbytes: int, check,
+                   result=None) -> TfliteFigures:
+    """A TFLite file's size and its ``mntk.export.verify`` parity (final output);
+    with ``to_tflite``'s ``result``, whether it is sparse-encoded and why not."""
     return TfliteFigures(path=os.path.relpath(path, workdir), bytes=int(nbytes),
                          agreement=check.agreement, max_abs_diff=check.max_abs_diff,
                          accuracy_tflite=check.accuracy_tflite,
-                         accuracy_keras=check.accuracy_keras)
+                         accuracy_keras=check.accuracy_keras,
+                         sparse=bool(getattr(result, "sparse", False)),
+                         sparse_note=getattr(result, "sparse_note", "") or None)
 
 
 def verify_examples(config) -> Any:

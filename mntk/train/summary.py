@@ -103,6 +103,8 @@ class TfliteFigures(_Figures):
     max_abs_diff: Optional[float] = None
     accuracy_tflite: Optional[float] = None
     accuracy_keras: Optional[float] = None
+    sparse: bool = False                 # weights in TFLite's sparse format
+    sparse_note: Optional[str] = None    # why a pruned model's file is dense
 
 
 @dataclasses.dataclass
@@ -139,6 +141,7 @@ class PruningFigures(_Figures):
     accuracy: float
     history: History = dataclasses.field(default_factory=dict)
     cost: Optional[CostFigures] = None
+    tflite: Optional[TfliteFigures] = None  # the pruned model, float, sparse-encoded
 
     @property
     def mean_sparsity(self) -> Optional[float]:

@@ -21,6 +21,7 @@ def export_stage(ctx) -> StageSummary:
         path = os.path.join(ctx.workdir, f"model_{kind}.tflite")
         result = export.to_tflite(model, path, quantize=QUANTIZE[kind],
                                   representative_data=rep if kind == "int8" else None)
+        # sparse=None: a pruned model's file is sparse-encoded (or says why not).
         out[kind] = tflite_figures(path, ctx.workdir, result.bytes,
-                                   export.verify(path, model, test))
+                                   export.verify(result, model, test), result)
     return StageSummary(tflite=out)

@@ -7,14 +7,29 @@ the weights rewound (``prune.rewind``); the model stays a plain Keras model,
 so the losses the train stage attached to it (SRIP, coupled L2) stay on.
 
 ``ctx.model`` stays wrapped so a following ``quantize`` stage keeps the
-zeros; ``export`` strips the wrappers."""
-from mntk import global_pruning, losses, pruning
+zeros; ``export`` strips the wrappers. Either way the stage also writes the
+pruned model as a float TFLite file, sparse-encoded (``mntk.export.to_tflite``'s
+default for pruned models) and verified with LiteRT:
+``model_pruned_float.tflite``."""
+import os
+
+from mntk import export, global_pruning, losses, pruning, wrapped
 from mntk.train.errors import RecipeError
-from mntk.train.evaluation import cost_summary, evaluate
+from mntk.train.evaluation import cost_summary, evaluate, tflite_figures, verify_examples
 from mntk.train.fit import fit
 from mntk.train.objectives import base_loss, classifier_layer, compile_model
 from mntk.train.schema import section_train_config
 from mntk.train.summary import PruningFigures, StageSummary
+
+
+def _pruned_tflite(ctx, model):
+    """The pruned model as a sparse-encoded float TFLite file, verified."""
+    plain = pruning.strip(model) if wrapped.is_pruned(model) else model
+    path = os.path.join(ctx.workdir, "model_pruned_float.tflite")
+    result = export.to_tflite(plain, path, progress=False)
+    check = export.verify(result, plain,
+                          ctx.data.arrays("test", verify_examples(ctx.config)))
+    return tflite_figures(path, ctx.workdir, result.bytes, check, result)
 
 
 def _global_prune_stage(ctx, config, cfg, stage_cfg) -> StageSummary:
@@ -42,7 +57,8 @@ def _global_prune_stage(ctx, config, cfg, stage_cfg) -> StageSummary:
     sparsity = gp.sparsity()
     return StageSummary(pruning=PruningFigures(
         target=rates[-1], sparsity={k: float(v) for k, v in sparsity.items()},
-        accuracy=evaluate(model, ctx.data), history=history, cost=cost_summary(ctx, model)))
+        accuracy=evaluate(model, ctx.data), history=history, cost=cost_summary(ctx, model),
+        tflite=_pruned_tflite(ctx, model)))
 
 
 def prune_stage(ctx) -> StageSummary:
@@ -66,4 +82,5 @@ def prune_stage(ctx) -> StageSummary:
     return StageSummary(pruning=PruningFigures(
         target=float(cfg.target),
         sparsity={k: float(v) for k, v in pruning.sparsity(model).items()},
-        accuracy=evaluate(model, ctx.data), history=history, cost=cost_summary(ctx, model)))
+        accuracy=evaluate(model, ctx.data), history=history, cost=cost_summary(ctx, model),
+        tflite=_pruned_tflite(ctx, model)))
