@@ -44,7 +44,13 @@ Departures, and why:
   recorded (ENTRIES.md marks it). This recipe follows the README.
 - Pruning stages: the exact path to 60% is inferred from the code's defaults.
 - Best-by-test-accuracy weights were kept per cycle by the entry; here the
-  last weights of each cycle carry on (selecting on the test set is not done).
+  last weights of each cycle carry on (selecting on the test set is not done),
+  and the pruning stages rewind to the best weights by validation accuracy.
+- SRIP and the coupled L2 stay attached to the model from the train stage into
+  the pruning stages; a run resumed between the two stages reloads the model
+  from disk, and then only the L2 term (a stage setting) comes back, not SRIP.
+- The pruning stages' masks and rewind state are not saved by the resume
+  backup yet, so a run killed inside ``prune`` does not resume exactly.
 
 Stages: train -> prune -> export (float and int8 TFLite, verified with LiteRT).
 
