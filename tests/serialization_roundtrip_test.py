@@ -101,6 +101,7 @@ CASES = {
     "mntk>SO": Case(lambda: mntk.regularizers.SO(0.1), _KERNEL),
     "mntk>DSO": Case(lambda: mntk.regularizers.DSO(0.1), _KERNEL),
     "mntk>MC": Case(lambda: mntk.regularizers.MC(0.1, layout="depthwise"), _KERNEL),
+    "mntk>NormalizedMC": Case(lambda: mntk.regularizers.NormalizedMC(0.1), _KERNEL),
     "mntk>GammaRange": Case(lambda: mntk.quantization.GammaRange(3, 6),
                             np.linspace(-1, 2, 7).astype("float32")),
     "mntk>ClipRange": Case(lambda: mntk.quantization.ClipRange(-0.6, 1.2),
@@ -119,7 +120,12 @@ CASES = {
     "mntk>StepwiseSparsity": Case(
         lambda: mntk.pruning.StepwiseSparsity([(0, 0.2), (10, 0.5)], frequency=2, end_step=30),
         [0, 3, 10, 12, 40]),
+    # learning-rate schedule: the rate at a few steps, across a cycle boundary
+    "mntk>CosineCycles": Case(
+        lambda: mntk.schedules.CosineCycles(0.1, 4, min_learning_rate=0.01),
+        (tf.constant([0, 1, 3, 4, 6]),)),
     # functions: deserialized by name
+    "mntk>hard_sigmoid": Case(lambda: mntk.prepare.hard_sigmoid, (_IMAGES,)),
     "mntk>hard_swish": Case(lambda: mntk.models.blocks.hard_swish, (_IMAGES,)),
     "mntk>first_column_accuracy": Case(
         lambda: keras.saving.get_registered_object("mntk>first_column_accuracy"),
