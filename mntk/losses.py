@@ -51,13 +51,13 @@ def _cross_entropy(targets, y_pred, from_logits):
 
 def _refuse_softmax_classifier(layer, owner):
     """Raise when ``layer``'s logits reach the model output through a softmax."""
-    from mntk.prepare import softmax_after
+    from mntk.softmax_heads import softmax_after
     softmax = softmax_after(unwrap_layer(layer))
     if softmax is not None:
         raise ValueError(
             f"{owner}: classifier {unwrap_layer(layer).name!r} is followed by the "
             f"softmax of layer {softmax.name!r}, so the model outputs probabilities, "
-            "not logits. Rewire it: model = mntk.prepare.to_logits(model) and pass "
+            "not logits. Rewire it: model = mntk.softmax_heads.to_logits(model) and pass "
             "that model's classifier (or pass from_logits=False).")
 
 
@@ -84,7 +84,7 @@ class AdaptiveLabelSmoothing(keras.losses.Loss):
         refresh callback. With `from_logits=True` a classifier followed by a
         softmax (every `keras.applications` head) is refused: the model
         outputs probabilities. Rewire it first with
-        `model = mntk.prepare.to_logits(model)` (the same weights, logits out).
+        `model = mntk.softmax_heads.to_logits(model)` (the same weights, logits out).
       epsilon: smoothing mass (0.3 in KAIST's dense training, 0.1 while pruning).
       from_logits: whether predictions are logits.
       refresh: "epoch" keeps A in a non-trainable variable recomputed at each

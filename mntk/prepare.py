@@ -21,8 +21,8 @@ are; ``prepare(model)`` returns a *new* model that computes the same function
 Every layer of the result is a fresh object with the original's weights: the
 given model is never touched. ``preprocessing_layers(model)`` names the
 leading input-preprocessing layers (``Rescaling``, ``Normalization``,
-resizing), which pruning and quantization leave float; ``to_logits(model)``
-drops a final softmax. A graph mntk cannot rebuild raises ``PrepareError``:
+resizing), which pruning and quantization leave float
+(``mntk.softmax_heads.to_logits(model)`` drops a final softmax). A graph mntk cannot rebuild raises ``PrepareError``:
 one line naming the layer and the way out.
 """
 import numbers
@@ -32,8 +32,8 @@ import tensorflow as tf
 
 from mntk.compat import ensure_tf_keras, keras
 
-__all__ = ["prepare", "preprocessing_layers", "to_logits", "softmax_head", "softmax_after",
-           "hard_sigmoid", "hard_swish", "PrepareError", "rebuild"]
+__all__ = ["prepare", "preprocessing_layers", "hard_sigmoid", "hard_swish", "PrepareError",
+           "rebuild"]
 
 
 class PrepareError(ValueError):
@@ -263,7 +263,8 @@ class _Rebuilder:
         if isinstance(layer, keras.layers.Normalization):
             config = _normalization_config(layer, config)
         if self._scope is None:
-            from mntk.serialization import custom_objects
+            # tfmot is heavy and only needed for wrapped layers: imported here
+            from mntk.quantization.schemes import custom_objects
             self._scope = custom_objects()
         import tensorflow_model_optimization as tfmot
         with tfmot.quantization.keras.quantize_scope(self._scope), \
@@ -426,7 +427,3 @@ def preprocessing_layers(model):
                 names.append(layer.name)
     return names
 
-
-# The softmax-head helpers live in mntk/softmax_heads.py (a second concept);
-# they are part of this module's API.
-from mntk.softmax_heads import softmax_after, softmax_head, to_logits  # noqa: E402

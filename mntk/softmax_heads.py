@@ -1,5 +1,5 @@
 """Softmax heads: find the softmax a classifier's logits go through, and
-rewire a model to output the logits (``mntk.prepare.to_logits``).
+rewire a model to output the logits (``mntk.softmax_heads.to_logits``).
 
 Every ``keras.applications`` classifier ends in softmax; losses that take
 logits (``AdaptiveLabelSmoothing``, ``Distillation``, ``compile_exits``'

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mntk
-from mntk import prepare
+from mntk import prepare, softmax_heads
 from mntk.compat import keras
 
 pytestmark = pytest.mark.slow
@@ -131,7 +131,7 @@ def test_cost_matches_hand_count(app):
 
 def test_srip_and_one_step(app):
     name, model = app
-    copy = prepare.to_logits(model, prepare_graph=True)
+    copy = softmax_heads.to_logits(model, prepare_graph=True)
     srip = mntk.regularizers.apply_srip(copy, coefficient=1e-3, layers="conv")
     assert srip.layer_names
     x, y = _inputs(name, 16)
@@ -141,10 +141,10 @@ def test_srip_and_one_step(app):
 
 def test_adaptive_smoothing_on_the_models_own_head(app):
     name, model = app
-    _, classifier = prepare.softmax_head(model)
+    _, classifier = softmax_heads.softmax_head(model)
     with pytest.raises(ValueError, match="to_logits"):
         mntk.losses.AdaptiveLabelSmoothing(classifier)
-    logits = prepare.to_logits(model, prepare_graph=True)
+    logits = softmax_heads.to_logits(model, prepare_graph=True)
     loss = mntk.losses.AdaptiveLabelSmoothing(logits.get_layer(classifier.name), epsilon=0.3)
     logits.compile(keras.optimizers.Adam(1e-3), loss=loss)
     x, y = _inputs(name, 16)
@@ -171,7 +171,7 @@ def test_early_exit_train_calibrate_staged_tflite(app, tmp_path):
 
 def test_prune_strip_estimate(app):
     name, model = app
-    pruned = _ce(mntk.pruning.prune(prepare.to_logits(model), target=0.5, steps_per_epoch=1,
+    pruned = _ce(mntk.pruning.prune(softmax_heads.to_logits(model), target=0.5, steps_per_epoch=1,
                                     epochs=1))
     x, y = _inputs(name, 16)
     pruned.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=mntk.pruning.callbacks())
@@ -187,7 +187,7 @@ SCHEMES = {"int8": lambda: "int8", "ternary": lambda: mntk.quantization.TernaryS
 @pytest.mark.parametrize("scheme", sorted(SCHEMES) if FULL else ["int8", "ternary"])
 def test_quantize_fit_export_verify(app, scheme, tmp_path):
     name, model = app
-    q = _ce(mntk.quantization.quantize(prepare.to_logits(model), scheme=SCHEMES[scheme]()))
+    q = _ce(mntk.quantization.quantize(softmax_heads.to_logits(model), scheme=SCHEMES[scheme]()))
     x, y = _inputs(name, 64)
     q.fit(x, y, batch_size=32, epochs=1, verbose=0)
     result = mntk.export.to_tflite(q, str(tmp_path / "q.tflite"), quantize="int8",
@@ -208,7 +208,7 @@ def test_save_load_keras_identical(app, tmp_path):
     x, _ = _inputs(name, 8)
     np.testing.assert_array_equal(mntk.load_model(path).predict(x, verbose=0),
                                   copy.predict(x, verbose=0))
-    q = mntk.quantization.quantize(prepare.to_logits(model), scheme="int8")
+    q = mntk.quantization.quantize(softmax_heads.to_logits(model), scheme="int8")
     qpath = str(tmp_path / "q.keras")
     q.save(qpath)
     np.testing.assert_array_equal(mntk.load_model(qpath).predict(x, verbose=0),

@@ -104,36 +104,6 @@ def test_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-# Edges of cycles known when this test was written, each with where it is
-# tracked; the test below fails once an edge is gone, so the entry is removed.
-KNOWN_CYCLE_EDGES = {
-    # serialization -> quantization -> quantization.api -> prepare -> serialization,
-    # all through function-level imports (reported to the lead with issue 11)
-    ("mntk.prepare", "mntk.serialization"): "prepare._Rebuilder._copy: custom_objects()",
-    # prepare re-exports softmax_heads' helpers at its bottom, and softmax_heads
-    # imports prepare's (reported to the lead with issue 11)
-    ("mntk.prepare", "mntk.softmax_heads"): "prepare: bottom re-export",
-    # serialization.custom_objects imports the packages whose objects it lists;
-    # quantization.api imports serialization.patch_tfmot (reported, issue 11)
-    ("mntk.serialization", "mntk.quantization"): "serialization.custom_objects",
-}
-
-
 def test_no_import_cycles():
-    graph = import_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph[source].discard(target)
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-def test_known_cycle_edges_still_exist():
-    graph = import_graph()
-    gone = [edge for edge in KNOWN_CYCLE_EDGES if edge[1] not in graph[edge[0]]]
-    assert not gone, f"fixed, remove from KNOWN_CYCLE_EDGES: {gone}"
-
-
-def test_nothing_imports_the_run_loop():
-    importers = [m for m, targets in import_graph().items()
-                 if "mntk.train.loop" in targets and m not in ("mntk.cli",)]
-    assert importers == [], importers

@@ -268,14 +268,14 @@ def _softmax_head_model(kind):
 
 @pytest.mark.parametrize("kind", ["dense", "conv1x1"])
 def test_softmax_head_refused_then_rewired_to_logits(kind):
-    from mntk import prepare
+    from mntk import softmax_heads
     model, name = _softmax_head_model(kind)
     with pytest.raises(ValueError, match="probabilities.*to_logits") as err:
         L.AdaptiveLabelSmoothing(model.get_layer(name))
     assert "\n" not in str(err.value)
     # probabilities with from_logits=False are fine
     L.AdaptiveLabelSmoothing(model.get_layer(name), from_logits=False)
-    logits_model = prepare.to_logits(model)
+    logits_model = softmax_heads.to_logits(model)
     loss = L.AdaptiveLabelSmoothing(logits_model.get_layer(name), epsilon=0.3,
                                     refresh="step")
     kernel = logits_model.get_layer(name).get_weights()[0].reshape(-1, C)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import mntk
 from mntk import prepare as P
+from mntk import softmax_heads
 from mntk.compat import keras
 from tf_keras.src.applications import mobilenet_v3 as keras_mnv3
 
@@ -131,13 +132,13 @@ def test_softmax_head_and_to_logits(kind):
             out = keras.layers.Softmax(name="probs")(h)
         classifier = "predictions" if kind == "dense" else "fc"
     model = keras.Model(x, out)
-    softmax, found = P.softmax_head(model)
+    softmax, found = softmax_heads.softmax_head(model)
     assert found.name == classifier
-    logits_model = P.to_logits(model)
-    assert P.softmax_head(logits_model) is None
+    logits_model = softmax_heads.to_logits(model)
+    assert softmax_heads.softmax_head(logits_model) is None
     data = np.random.RandomState(2).randn(5, 6, 6, 2).astype("float32")
     logits = logits_model(data).numpy()
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     np.testing.assert_allclose(probs, model(data).numpy(), rtol=1e-5, atol=1e-7)
-    assert P.softmax_head(model)[0] is softmax  # the model given is unchanged
+    assert softmax_heads.softmax_head(model)[0] is softmax  # the model given is unchanged

@@ -145,19 +145,19 @@ def add_exits(model, at, head="osi", num_classes=None, name=None):
     that every output is logits as ``compile_exits`` and ``calibrate`` expect.
     Exit ``i``'s last layer is named ``exit_i``.
     """
-    from mntk import prepare as _prepare
+    from mntk import softmax_heads
     graph.keras_model_check(model)
     if len(model.outputs) != 1:
         raise ValueError(
             f"add_exits: model {model.name!r} has {len(model.outputs)} outputs; "
             "it needs exactly one (the final logits).")
-    softmax = _prepare.softmax_head(model)
+    softmax = softmax_heads.softmax_head(model)
     if softmax:
         warnings.warn(
             f"add_exits: the output of {model.name!r} is the softmax of layer "
             f"{softmax[0].name!r}; the multi-exit model outputs its logits instead.",
             stacklevel=2)
-    model = _prepare.to_logits(model, prepare_graph=True)
+    model = softmax_heads.to_logits(model, prepare_graph=True)
     if isinstance(at, (str, numbers.Real)):
         at = [at]
     if not at:

@@ -164,7 +164,7 @@ def _from_logits(loss):
 def _refuse_softmax_outputs(multi, losses):
     """A softmax output with a from-logits loss trains on probabilities as if
     they were logits, silently wrong: refuse it with the fix."""
-    from mntk.prepare import softmax_head
+    from mntk.softmax_heads import softmax_head
     for index, (name, loss) in enumerate(zip(multi.output_names, losses)):
         head = softmax_head(multi, index)
         if head and _from_logits(loss):
@@ -172,7 +172,7 @@ def _refuse_softmax_outputs(multi, losses):
                 f"compile_exits: output {name!r} of {multi.name!r} is the softmax of "
                 f"layer {head[0].name!r} but its loss takes logits. Build the model "
                 "with mntk.early_exit.add_exits (it outputs the logits), or rewire it "
-                "with mntk.prepare.to_logits(multi), or give that output a loss with "
+                "with mntk.softmax_heads.to_logits(multi), or give that output a loss with "
                 "from_logits=False.")
 
 

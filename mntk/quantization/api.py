@@ -6,9 +6,9 @@ import tensorflow_model_optimization as tfmot
 
 from mntk.compat import ensure_tf_keras, keras
 from mntk.quantization import schemes as _schemes
-from mntk.serialization import patch_tfmot as _patch_tfmot
+from mntk.quantization.keras_format import patch_tfmot as _patch_tfmot
 
-_patch_tfmot()  # QAT models round-trip through .keras (see mntk.serialization)
+_patch_tfmot()  # QAT models round-trip through .keras (see keras_format)
 
 _qk = tfmot.quantization.keras
 _WEIGHTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)

@@ -138,7 +138,7 @@ class Distillation(keras.losses.Loss):
     inputs beforehand: fit on ``y_true`` of shape (batch, classes + 1) =
     [label, teacher logits...], built by ``loss.targets(x, y)``. A teacher
     whose output is a softmax (a ``keras.applications`` classifier) is rewired
-    to its logits (``mntk.prepare.to_logits``, same weights): softening its
+    to its logits (``mntk.softmax_heads.to_logits``, same weights): softening its
     probabilities again with T would be wrong. The student's predictions must
     be logits (``from_logits=True``), e.g. the QAT copy of a to_logits model.
     """
@@ -149,7 +149,7 @@ class Distillation(keras.losses.Loss):
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"Distillation: alpha={alpha!r} must be in [0, 1].")
         if isinstance(teacher, keras.Model) and getattr(teacher, "_is_graph_network", False):
-            from mntk.prepare import softmax_head, to_logits
+            from mntk.softmax_heads import softmax_head, to_logits
             if softmax_head(teacher):
                 teacher = to_logits(teacher)
         self.teacher = teacher
