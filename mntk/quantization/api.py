@@ -4,6 +4,7 @@ import copy
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
+from mntk import wrapped
 from mntk.compat import ensure_tf_keras, keras
 from mntk.quantization import schemes as _schemes
 from mntk.quantization.keras_format import patch_tfmot as _patch_tfmot
@@ -45,8 +46,7 @@ def _check_supported(model, scheme, skipped):
 
 
 def _is_pruned(model):
-    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
-    return any(isinstance(l, pruning_wrapper.PruneLowMagnitude) for l in model.layers)
+    return wrapped.is_pruned(model)
 
 
 def default_skip(model):
@@ -143,15 +143,15 @@ def quantize(model, scheme="int8", skip=None):
 
 
 def _wrappers(model):
-    return [l for l in model.layers if isinstance(l, _qk.QuantizeWrapperV2)]
+    return wrapped.quantize_wrappers(model)
 
 
 def quantized_weights(model):
     """{layer name: effective (fake-quantized, inference-mode) kernel as numpy}."""
     out = {}
     for wrapper in _wrappers(model):
-        for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
-            out[wrapper.layer.name] = quantizer(weight, False, weights=qvars).numpy()
+        for entry in wrapped.weight_quantizers(wrapper):
+            out[wrapper.layer.name] = entry.effective()
     return out
 
 
@@ -172,15 +172,12 @@ def bit_widths(model):
     out = {}
     for wrapper in _wrappers(model):
         entry = {"weights": None, "activations": None}
-        for _, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
-            entry["weights"] = _bits_of(quantizer, qvars)
-        acts = [(a.quantizer, getattr(a, "_post_activation_vars", None))
-                for a in getattr(wrapper, "_quantize_activations", [])
-                if hasattr(a, "_post_activation_vars")]
-        if getattr(wrapper, "_output_quantizers", None):
-            acts.append((wrapper._output_quantizers[0], wrapper._output_quantizer_vars))
-        if acts:
-            entry["activations"] = _bits_of(*acts[-1])
+        for weight in wrapped.weight_quantizers(wrapper):
+            entry["weights"] = _bits_of(weight.quantizer, weight.variables)
+        acts = [a for a in wrapped.activation_quantizers(wrapper) if a.kind == "post_activation"]
+        acts += wrapped.output_quantizers(wrapper)
+        if acts:  # the tensor the layer hands on: its output if quantized
+            entry["activations"] = _bits_of(acts[-1].quantizer, acts[-1].variables)
         out[wrapper.layer.name] = entry
     return out
 
@@ -192,9 +189,9 @@ def mean_weight_bits(model):
     """
     total = count = 0.0
     for wrapper in _wrappers(model):
-        for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
-            n = float(np.prod(weight.shape))
-            total += _bits_of(quantizer, qvars) * n
+        for entry in wrapped.weight_quantizers(wrapper):
+            n = float(np.prod(entry.weight.shape))
+            total += _bits_of(entry.quantizer, entry.variables) * n
             count += n
     return total / count if count else float("nan")
 
@@ -206,10 +203,7 @@ def freeze_precision(model):
     """
     frozen = []
     for wrapper in _wrappers(model):
-        quantizers = [q for _, q, _ in getattr(wrapper, "_weight_vars", [])]
-        quantizers += [a.quantizer for a in getattr(wrapper, "_quantize_activations", [])]
-        quantizers += list(getattr(wrapper, "_output_quantizers", None) or [])
-        for quantizer in quantizers:
+        for quantizer in wrapped.all_quantizers(wrapper):
             if hasattr(quantizer, "trainable_bits"):
                 quantizer.trainable_bits = False  # so a saved model reloads frozen
         keep = []
