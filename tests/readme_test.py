@@ -23,8 +23,8 @@ def test_readme_has_the_tour_blocks():
 
 def test_cli_examples_name_files_the_recipe_writes():
     """The digits recipe ends in a QAT stage, which the runner saves as
-    model.h5 (mntk.stages.model_filename); the README's CLI lines read it."""
-    from mntk.stages import model_filename
+    model.h5 (mntk.train.saving.model_filename); the README's CLI lines read it."""
+    from mntk.train.saving import model_filename
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
     cli = re.findall(r"bin/mntk (?:cost|export) --model=(\S+)", text)
