@@ -167,7 +167,12 @@ def test_early_exit_train_calibrate_staged_tflite(app, tmp_path):
     mntk.export.to_tflite_staged(multi, cal, str(tmp_path / "staged"), progress=False)
     logits, exit_index = mntk.export.StagedRunner(str(tmp_path / "staged")).predict(x[:8])
     keras_logits, keras_exit = mntk.early_exit.EarlyExitRunner(multi, cal).predict(x[:8])
-    np.testing.assert_allclose(logits, keras_logits, atol=1e-3)
+    # calibrating for a 50% exit rate puts the threshold on a sample's own
+    # confidence, where float TFLite's last-bit differences can move that one
+    # sample across it: logits must agree wherever both runners chose the same exit
+    same = exit_index == keras_exit
+    assert same.mean() >= 0.75, (exit_index, keras_exit)
+    np.testing.assert_allclose(logits[same], keras_logits[same], atol=1e-3)
 
 
 def test_prune_strip_estimate(app):
