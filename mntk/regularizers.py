@@ -127,9 +127,12 @@ class SRIP(OrthogonalityRegularizer):
 
     @property
     def variables(self):
-        """Coefficient and power-iteration vectors: the state a checkpoint of a
+        """Coefficient, power-iteration vectors and (``apply_srip(vector="fresh")``)
+        the step counter seeding the fresh vectors: the state a checkpoint of a
         run must hold to resume exactly (``mntk.train`` backs them up)."""
-        return [self.coefficient] + [vector for _, vector in self._vectors.values()]
+        step = getattr(self, "fresh_step", None)
+        return ([self.coefficient] + [vector for _, vector in self._vectors.values()]
+                + ([step] if step is not None else []))
 
     def penalty(self, kernel, layout=None):
         residual = gram_residual(self._matrix(kernel, layout))
@@ -282,7 +285,10 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
       vector: "persistent" (the power-iteration vector carries over between
         steps) or "fresh" (a new N(0, 1) start every step, as KAIST did; with
         power_iterations=2 that is their one power step: sigma =
-        ||M normalize(M u0)||).
+        ||M normalize(M u0)||). Fresh starts are drawn statelessly from
+        (training step, kernel index); the step counter advances in training
+        steps only and is part of the regularizer's `variables`, so a resumed
+        run draws the same starts as an uninterrupted one.
 
     KAIST's form: ``apply_srip(model, 0.7, "pointwise", power_iterations=2,
     squared=True, reduction="mean", gram="fan_in", vector="fresh")``.
@@ -321,15 +327,29 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
             if vector == "persistent":
                 regularizer.vector_for(kernel, layout)
         metric = keras.metrics.Mean(name=name)
+        if vector == "fresh":
+            # training steps taken: the fresh vectors are drawn from it, so a
+            # resumed run (the counter is backed up with the other state)
+            # draws what an uninterrupted one would. ON_READ like the vectors:
+            # every replica counts the same steps.
+            with tf.init_scope():
+                regularizer.fresh_step = tf.Variable(
+                    0, dtype=tf.int64, trainable=False, name="srip_fresh_step",
+                    synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     regularizer.layer_names = [layer_name for layer_name, _, _ in targets]
     regularizer.gram, regularizer.vector_mode = gram, vector
 
-    def penalty(kernel, layout):
+    def penalty(kernel, layout, index):
         if gram == "smaller" and vector == "persistent":
             return regularizer.penalty(kernel, layout)
         residual = _entry_gram(kernel_matrix(kernel, layout), gram)
         if vector == "fresh":
-            start = tf.random.normal([residual.shape[-1]])
+            # N(0, 1) from the seed (training step, kernel index): stateless, so
+            # the draw does not depend on the process's RNG history
+            seed = tf.stack([regularizer.fresh_step.read_value(),
+                             tf.constant(index, tf.int64)])
+            start = tf.random.stateless_normal([residual.shape[-1]], seed=seed)
             return spectral_norm_estimate(residual, power_iterations, vector=start,
                                           squared=squared)[0]
         state = regularizer.vector_for(kernel, layout)
@@ -341,10 +361,15 @@ def apply_srip(model, coefficient=1e-2, layers="pointwise", power_iterations=2,
             return tf.identity(estimate)
 
     def srip_loss():
-        values = [penalty(kernel, layout) for _, kernel, layout in targets]
+        values = [penalty(kernel, layout, i) for i, (_, kernel, layout) in enumerate(targets)]
         total = tf.add_n(values)
         if reduction == "mean":
             total = total / float(len(values))
+        if vector == "fresh" and _in_training_step():  # next step, next vectors
+            with tf.control_dependencies([total]):
+                advance = regularizer.fresh_step.assign_add(1)
+            with tf.control_dependencies([advance]):
+                total = tf.identity(total)
         metric.update_state(total)
         return regularizer.coefficient * total
 

@@ -56,13 +56,27 @@ def test_fan_in_side_differs_from_smaller_on_a_narrow_layer():
     assert ref_fan_in[1] == pytest.approx(ref_smaller[1])             # 3x3 both
 
 
-def test_fresh_vector_draws_a_new_start_each_call():
+def test_fresh_vector_draws_a_new_start_each_training_step():
+    """A new start per training step (a reading under a GradientTape), the same
+    start for reads outside one; the starts follow the step counter, which is
+    backed-up state: reset it and the draws repeat."""
+    import tensorflow as tf
     model = _model()
     reg = mntk.regularizers.apply_srip(model, 1.0, power_iterations=1, squared=True,
                                        gram="fan_in", vector="fresh")
-    values = {round(float(model.losses[0]), 6) for _ in range(4)}
-    assert len(values) > 1              # one product from a random start varies
-    assert len(reg.variables) == 1      # only the coefficient: no vector state
+
+    def step():
+        with tf.GradientTape():
+            return float(model.losses[0])
+
+    outside = {float(model.losses[0]) for _ in range(3)}
+    assert len(outside) == 1            # no training step: no new draw
+    first = [step() for _ in range(4)]
+    assert len(set(first)) == 4         # one product from a random start varies
+    assert int(reg.fresh_step.numpy()) == 4
+    assert reg.variables[-1] is reg.fresh_step and len(reg.variables) == 2
+    reg.fresh_step.assign(0)
+    assert [step() for _ in range(4)] == first
 
 
 def test_persistent_fan_in_vectors_are_backed_up_state():
