@@ -1,75 +1,30 @@
-"""Orthogonality regularizers: SRIP and its siblings SO, DSO and MC.
+"""SRIP, the spectral restricted isometry regularizer, and `apply_srip` with its options.
 
 From Bansal, Chen, Wang, "Can We Gain More from Orthogonality Regularizations
-in Training Deep CNNs?" (NeurIPS 2018, arXiv 1810.09102). A kernel is reshaped
-to W with one column per filter (see `mntk.orthogonality`), and
+in Training Deep CNNs?" (NeurIPS 2018, arXiv 1810.09102). With W a kernel
+reshaped to one column per filter (see `mntk.orthogonality`):
 
 - SRIP: coefficient * sigma(G - I), G the smaller Gram matrix (W^T W or
   W W^T), sigma the spectral norm by power iteration (sigma^2 with
-  `squared=True`, as the WRN and KAIST code did);
-- SO:   coefficient * ||W^T W - I||_F^2;
-- DSO:  coefficient * (||W^T W - I||_F^2 + ||W W^T - I||_F^2);
-- MC:   coefficient * ||W^T W - I||_inf (largest absolute entry, raw W);
-- NormalizedMC: coefficient * max_{i != j} |cos(w_i, w_j)| (scale-invariant
-  mutual coherence of the column-normalized W; not the paper's MC).
+  `squared=True`, as the WRN and KAIST code did).
 
-Every coefficient is a non-trainable `tf.Variable`, so
-`mntk.callbacks.CoefficientSchedule` can change it between epochs without
-retracing the train function. Use them as `kernel_regularizer=` /
-`depthwise_regularizer=` of a layer, or attach SRIP to a built model with
-`apply_srip`.
+`SRIP` is a layer regularizer (`kernel_regularizer=` / `depthwise_regularizer=`)
+whose power-iteration vectors persist per kernel variable; `apply_srip`
+attaches it to a built model's kernels in place, with the entries' variants:
+layer presets (`PRESETS`), sum or mean over layers, which Gram matrix
+(`GRAMS`) and a persistent or fresh start vector (`VECTORS`).
 """
 import threading
-import weakref
 
 import tensorflow as tf
 from tensorflow.python.eager import record as _record  # no public "is a tape recording?"
 
 from mntk.compat import ensure_tf_keras, keras
-from mntk.orthogonality import (  # noqa: F401  (re-exported helpers)
-    LAYOUTS, gram_residual, kernel_matrix, layer_kernels, resolve_layout,
-    spectral_norm_estimate, unwrap_layer)
-
-__all__ = [
-    "SRIP", "SO", "DSO", "MC", "NormalizedMC", "OrthogonalityRegularizer", "apply_srip",
-    "spectral_norm_estimate", "kernel_matrix", "gram_residual",
-    "orthogonality_regularizers", "PRESETS", "apply_l2",
-]
+from mntk.orthogonality import (gram_residual, kernel_matrix, layer_kernels,
+                                spectral_norm_estimate, unwrap_layer)
+from mntk.regularizers.orthogonal import _ATTACHED, OrthogonalityRegularizer, _iter_layers
 
 PRESETS = ("pointwise", "conv", "all")
-
-# model -> the SRIP regularizers `apply_srip` attached to it (for discovery by
-# CoefficientSchedule); weak, so a dropped model is not kept alive.
-_ATTACHED = weakref.WeakKeyDictionary()
-
-
-class OrthogonalityRegularizer(keras.regularizers.Regularizer):
-    """Base: coefficient (a non-trainable tf.Variable) times `penalty(kernel)`."""
-
-    def __init__(self, coefficient=1e-2, layout="auto"):
-        if layout not in LAYOUTS:
-            raise ValueError(f"{type(self).__name__}: layout={layout!r} is not one of {LAYOUTS}.")
-        self.layout = layout
-        # Lifted out of any function being traced; under a strategy scope this
-        # becomes a mirrored variable that callbacks assign from cross-replica.
-        with tf.init_scope():
-            self.coefficient = tf.Variable(
-                float(coefficient), trainable=False, dtype=tf.float32,
-                name=f"{type(self).__name__.lower()}_coefficient")
-
-    def __call__(self, kernel):
-        return self.coefficient * self.penalty(kernel)
-
-    def penalty(self, kernel, layout=None):
-        """The unscaled penalty of one kernel (a float32 scalar)."""
-        raise NotImplementedError
-
-    def _matrix(self, kernel, layout):
-        return kernel_matrix(kernel, layout or self.layout)
-
-    def get_config(self):
-        return {"coefficient": float(keras.backend.get_value(self.coefficient)),
-                "layout": self.layout}
 
 
 @keras.utils.register_keras_serializable(package="mntk")
@@ -161,61 +116,6 @@ def _in_training_step() -> bool:
     ``train_step`` reads the losses under one; ``test_step``, callbacks and
     user code reading ``model.losses`` do not)."""
     return _record.could_possibly_record()
-
-
-@keras.utils.register_keras_serializable(package="mntk")
-class SO(OrthogonalityRegularizer):
-    """Soft orthogonality: coefficient * ||W^T W - I||_F^2 (Bansal et al. 2018)."""
-
-    def penalty(self, kernel, layout=None):
-        w = self._matrix(kernel, layout)
-        return tf.reduce_sum(tf.square(gram_residual(w, smaller=False)))
-
-
-@keras.utils.register_keras_serializable(package="mntk")
-class DSO(OrthogonalityRegularizer):
-    """Double soft orthogonality: coefficient * (||W^T W - I||_F^2 + ||W W^T - I||_F^2)."""
-
-    def penalty(self, kernel, layout=None):
-        w = self._matrix(kernel, layout)
-        return (tf.reduce_sum(tf.square(gram_residual(w, smaller=False)))
-                + tf.reduce_sum(tf.square(gram_residual(w, smaller=False, transpose=True))))
-
-
-@keras.utils.register_keras_serializable(package="mntk")
-class MC(OrthogonalityRegularizer):
-    """Mutual-coherence regularizer as in the SRIP paper (Bansal et al. 2018,
-    arXiv 1810.09102, Sec. 3.2): coefficient * ||W^T W - I||_inf, the largest
-    absolute entry of the Gram residual of the raw reshaped kernel W (one
-    column per filter). Not scale-invariant: it also pulls column norms to 1.
-    For the scale-invariant coherence of the normalized columns see
-    `NormalizedMC`."""
-
-    def penalty(self, kernel, layout=None):
-        w = self._matrix(kernel, layout)
-        return tf.reduce_max(tf.abs(gram_residual(w, smaller=False)))
-
-
-@keras.utils.register_keras_serializable(package="mntk")
-class NormalizedMC(OrthogonalityRegularizer):
-    """Column-normalized mutual coherence: coefficient * max_{i != j}
-    |<w_i, w_j>| / (||w_i|| ||w_j||) over the columns of W (the classical
-    coherence of a dictionary). Scale-invariant: it only decorrelates filter
-    directions, unlike the paper's `MC`."""
-
-    def penalty(self, kernel, layout=None):
-        w = tf.math.l2_normalize(self._matrix(kernel, layout), axis=0)
-        cosines = tf.abs(tf.matmul(w, w, transpose_a=True))
-        off_diagonal = cosines * (1.0 - tf.eye(tf.shape(cosines)[0], dtype=cosines.dtype))
-        return tf.reduce_max(off_diagonal)
-
-
-def _iter_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _iter_layers(layer)
-        else:
-            yield layer
 
 
 def _select(model, layers):
@@ -393,67 +293,3 @@ def _seed_vector(regularizer, kernel, layout, gram):
                             synchronization=tf.VariableSynchronization.ON_READ,
                             aggregation=tf.VariableAggregation.MEAN)
         regularizer._vectors[id(kernel)] = (kernel, state)
-
-
-L2_ON = ("all", "no_biases", "kernels")
-
-
-def _l2_wanted(variable, on):
-    name = variable.name.split("/")[-1].split(":")[0]
-    if on == "all":
-        return True
-    if on == "no_biases":     # OSI: every parameter but conv/dense biases and BN beta
-        return name not in ("bias", "beta")
-    return name in ("kernel", "depthwise_kernel", "pointwise_kernel")   # TTQ: W only
-
-
-def apply_l2(model, coefficient, on="all", name="l2"):
-    """Coupled L2 weight decay as a model loss: ``coefficient / 2 * sum w^2``
-    over the chosen trainable variables, so each gets ``coefficient * w`` added
-    to its gradient before the optimizer's momentum (torch SGD's
-    ``weight_decay``, which KAIST, OSI-AI and the TTQ code used), unlike
-    Keras' decoupled ``weight_decay`` argument.
-
-    Args:
-      coefficient: the weight decay (KAIST 1e-5, OSI 1e-5, TTQ 2e-4).
-      on: "all" trainable variables (KAIST), "no_biases" (OSI-AI: biases and
-        BN beta excluded, BN gamma kept) or "kernels" (the TTQ code's ``.*/W``).
-      name: the metric name of the unscaled sum of squares.
-
-    Returns: the list of variables covered.
-    """
-    ensure_tf_keras(model)
-    if on not in L2_ON:
-        raise ValueError(f"apply_l2: on={on!r} must be one of {L2_ON}.")
-    if not (float(coefficient) >= 0):
-        raise ValueError(f"apply_l2: coefficient={coefficient!r} must be >= 0.")
-    chosen = [v for v in model.trainable_variables if _l2_wanted(v, on)]
-    if not chosen:
-        raise ValueError(f"apply_l2: model {model.name!r} has no trainable variable for "
-                         f"on={on!r}.")
-    scale = float(coefficient) / 2.0
-
-    def l2_loss():
-        return scale * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
-                                 for v in chosen])
-
-    model.add_loss(l2_loss)
-    return chosen
-
-
-def orthogonality_regularizers(model):
-    """Every orthogonality regularizer of a model: layer regularizers and apply_srip's."""
-    ensure_tf_keras(model)
-    found, seen = [], set()
-    for layer in _iter_layers(model):
-        inner = unwrap_layer(layer)
-        for attr in ("kernel_regularizer", "depthwise_regularizer", "pointwise_regularizer"):
-            candidate = getattr(inner, attr, None)
-            if isinstance(candidate, OrthogonalityRegularizer) and id(candidate) not in seen:
-                seen.add(id(candidate))
-                found.append(candidate)
-    for candidate in _ATTACHED.get(model, []):
-        if id(candidate) not in seen:
-            seen.add(id(candidate))
-            found.append(candidate)
-    return found
