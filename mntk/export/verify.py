@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from mntk.compat import ensure_tf_keras, keras
-from mntk.export.tflite import _array_ndim
+from mntk.export.representative import _array_ndim
 
 
 @dataclasses.dataclass
