@@ -120,7 +120,7 @@ def test_batched_runner_equals_per_sample(setup, tmp_path, fallback):
 
 
 def test_powers_of_two_decomposition():
-    from mntk.export.staged import _powers_of_two
+    from mntk.export.staged_runner import _powers_of_two
     for m in (1, 2, 37, 64, 255, 1000):
         parts = _powers_of_two(m)
         assert sum(parts) == m and parts == sorted(parts, reverse=True)

@@ -5,9 +5,11 @@
     parity = mntk.export.verify(result.path, model, (x_test, y_test))
     parity.agreement, parity.max_abs_diff, parity.to_dict()
 
-``to_tflite_staged``/``StagedRunner`` (early-exit staged export) and
-``size_report`` (packed size at learned bit widths) live in
-``mntk.export.staged`` and ``mntk.export.size`` and are imported on first use.
+``to_tflite_staged``/``StagedRunner`` (early-exit staged export and its
+LiteRT runner) and ``size_report`` (packed size at learned bit widths) live in
+``mntk.export.staged``, ``mntk.export.staged_runner`` and ``mntk.export.size``
+and are imported on first use; ``mntk.export.representative`` turns int8
+calibration data into the converter's generator.
 """
 import importlib
 
@@ -17,7 +19,7 @@ from mntk.export.verify import OutputParity, VerifyResult, verify
 
 _LAZY = {
     "to_tflite_staged": "mntk.export.staged",
-    "StagedRunner": "mntk.export.staged",
+    "StagedRunner": "mntk.export.staged_runner",
     "size_report": "mntk.export.size",
 }
 
