@@ -9,7 +9,6 @@ import mntk
 import mntk.quantization as mq
 from mntk import wrapped
 from mntk.compat import keras
-from mntk.quantization import _grid
 from mntk.quantization.score import DifferentiableScore, soft_max_bits
 from _quantization_helpers import compile_model, tiny_model
 
@@ -70,42 +69,6 @@ def test_activation_range_is_scale_and_shift_with_the_entry_clips():
     assert lo == pytest.approx(-zero_point * 8.0 / 15.0) and hi - lo == pytest.approx(8.0)
     beta.assign(beta.constraint(9.0))     # clipped to 1.2: lo = -1 + 4.8 > 0, so 0
     assert float(beta) == pytest.approx(1.2) and float(q.grid(qvars)[0]) == 0.0
-
-
-def test_fused_activation_fake_quant_matches_autodiff_reference():
-    x = tf.Variable(np.linspace(-3.0, 3.0, 61, dtype=np.float32) + 0.013)
-    step = tf.Variable(0.3)
-    lo, hi = tf.Variable(-7 * 0.3), tf.Variable(-7 * 0.3 + 4.0)
-    weights = tf.range(61, dtype=tf.float32)
-    grads = []
-    for fn in (_grid.fake_quant_ste,
-               lambda x, lo, hi, s: _grid.round_ste(tf.clip_by_value(x, lo, hi) / s) * s):
-        with tf.GradientTape() as tape:
-            y = fn(x, lo, hi, step)
-            loss = tf.reduce_sum(y * weights)
-        grads.append([y] + tape.gradient(loss, [x, lo, hi, step]))
-    for fused, reference in zip(*grads):
-        np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("shape,channels", [((3, 3, 4, 5), (5,)), ((3, 3, 4, 2), (4, 2)),
-                                            ((6, 5), (1,))])
-def test_fused_weight_fake_quant_matches_autodiff_reference(shape, channels):
-    rng = np.random.default_rng(0)
-    w = tf.Variable(rng.normal(size=shape).astype(np.float32))
-    step = tf.Variable(rng.uniform(0.2, 0.5, channels).astype(np.float32))
-    lo = tf.Variable(np.full(channels, -4.0, np.float32))
-    hi = tf.Variable(np.full(channels, 3.0, np.float32))
-    weights = tf.constant(rng.normal(size=shape).astype(np.float32))
-    grads = []
-    for fn in (_grid.fake_quant_channels,
-               lambda w, s, lo, hi: tf.clip_by_value(_grid.round_ste(w / s), lo, hi) * s):
-        with tf.GradientTape() as tape:
-            y = fn(w, step, lo, hi)
-            loss = tf.reduce_sum(y * weights)
-        grads.append([y] + tape.gradient(loss, [w, step, lo, hi]))
-    for fused, reference in zip(*grads):
-        np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_soft_max_forward_max_gradient_point_three_point_seven():

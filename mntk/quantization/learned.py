@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from mntk.compat import keras
 from mntk.quantization import _grid
+from mntk.quantization import _learned_ops as _ops
 
 from mntk.quantization._grid import Quantizer as _Quantizer
 
@@ -125,22 +126,28 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
 
     def _grid(self, weights):
         """(lo_c, hi_c, s_c) per channel: integers in [lo_c, hi_c], step s_c."""
-        half = tf.pow(2.0, self.bits_tensor(weights) - 1.0)
-        neg = tf.minimum(half, 127.0)
-        step = tf.maximum(tf.abs(weights["range"]), 1e-8) / neg
+        _, _, half, neg, _, step = _ops.weight_grid(
+            weights["gamma"], weights["range"], self.min_bits, self.max_bits)
         return -neg, half - 1.0, step
+
+    def _channel_shape(self, shape):
+        """Shape of the per-channel values as they broadcast over the kernel."""
+        if not self.per_channel:
+            return (1,)
+        if self.depthwise:
+            return tuple(int(d) for d in shape[-2:])
+        return (int(shape[-1]),)
 
     def __call__(self, inputs, training, weights, **kwargs):
         w = inputs
         if "sparsity_mask" in weights:
             w = w * weights["sparsity_mask"]
-        lo, hi, flat_step = self._grid(weights)
         shape = w.shape
-        step = flat_step  # (C,) or (1,): broadcasts over the last axis
-        if self.depthwise:
-            step, lo, hi = (_grid.to_kernel_shape(v, shape, True, self.per_channel)
-                            for v in (flat_step, lo, hi))
-        out = _grid.fake_quant_channels(w, step, lo, hi)
+        # One op with a hand-written backward (see _learned_ops): the values
+        # and gradients of clip(round_ste(w / s), lo, hi) * s on _grid's grid.
+        out = _ops.learned_weight_fake_quant(
+            w, tf.convert_to_tensor(weights["gamma"]), tf.convert_to_tensor(weights["range"]),
+            self.min_bits, self.max_bits, self._channel_shape(shape))
         if training:
             return out
         # Export with the finer int8 scale s_c / m_c, m_c = floor(127 / |lo_c|):
@@ -148,9 +155,30 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
         # the int32 bias to units of s_in * s_weight, and at s_c itself (4-bit
         # weights, 4-bit inputs) that unit is coarse enough to shift ~1% of a
         # layer's outputs by one activation step against Keras (measured).
+        lo, _, flat_step = self._grid(weights)
         multiple = tf.floor(127.0 / tf.reshape(-lo, [-1]))
         return _grid.export_fake_quant(out, tf.reshape(flat_step, [-1]) / multiple,
                                        shape, self.depthwise)
+
+    def nonzeros_per_channel(self, kernel, weights):
+        """nnz_c: nonzeros of the quantized kernel per output channel, shape (C,)
+        (no gradient; a count). C is the last axis, cin*mult for depthwise,
+        also for a per-tensor grid.
+
+        clip(round(w / s), lo, hi) != 0  iff  |w / s| > 0.5, because lo <= -2
+        and hi >= 1 at b >= 2 bits and tf.round rounds 0.5 to 0 (half to
+        even); w / s is the same division as the forward's, so the count is
+        exact, without the forward's rounding and clipping.
+        """
+        w = kernel
+        if "sparsity_mask" in weights:
+            w = w * weights["sparsity_mask"]
+        _, _, step = self._grid(weights)
+        shape = [int(d) for d in w.shape]
+        step = tf.reshape(step, self._channel_shape(shape))
+        nonzero = tf.cast(tf.abs(w / step) > 0.5, tf.float32)
+        channels = shape[-2] * shape[-1] if self.depthwise else shape[-1]
+        return tf.reduce_sum(tf.reshape(nonzero, [-1, channels]), axis=0)
 
     def cost_bits(self, quantizer_vars):
         """Per-output-channel bits b_c (numpy array)."""
@@ -243,28 +271,32 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
         """b = clip(round_ste(8 gamma)) as a tensor (the differentiable bits)."""
         return _bits(weights["gamma"], self.min_bits, self.max_bits)
 
+    def _grid_values(self, weights):
+        return _ops.activation_grid(weights["gamma"], weights["lo"], weights["hi"],
+                                    weights["alpha"], weights["beta"],
+                                    self.min_bits, self.max_bits)
+
     def grid(self, weights):
-        """(lo', hi', step, bits) of the b-bit grid; lo' = -zero_point * step."""
-        bits = self.bits_tensor(weights)
-        width0 = weights["hi"] - weights["lo"]
-        # alpha, beta are kept in the entry's ranges by their constraints.
-        # zero stays on the grid (TFLite's zero point): lo <= 0 < hi
-        lo = tf.minimum(weights["lo"] + weights["beta"] * width0, 0.0)
-        hi = tf.maximum(lo + weights["alpha"] * width0, 1e-3)
-        step = (hi - lo) / (tf.pow(2.0, bits) - 1.0)
-        zero_point = tf.stop_gradient(tf.round(-lo / step))
-        lo_grid = -zero_point * step
-        hi_grid = lo_grid + (hi - lo)
-        return lo_grid, hi_grid, step, bits
+        """(lo', hi', step, bits) of the b-bit grid; lo' = -zero_point * step.
+
+        alpha, beta are kept in the entry's ranges by their constraints; zero
+        stays on the grid (TFLite's zero point): lo <= 0 < hi.
+        """
+        v = self._grid_values(weights)
+        return v["lo"], v["hi"], v["step"], v["bits"]
 
     def __call__(self, inputs, training, weights, **kwargs):
         x = inputs
         if training:
             with tf.control_dependencies([self._calibrate(x, weights)]):
                 x = tf.identity(x)
+            # One op with a hand-written backward (see _learned_ops): the values
+            # and gradients of round_ste(clip(x, lo', hi') / s) * s on grid().
+            return _ops.learned_activation_fake_quant(
+                x, *(tf.convert_to_tensor(weights[k])
+                     for k in ("gamma", "lo", "hi", "alpha", "beta")),
+                self.min_bits, self.max_bits)
         lo, hi, step, _ = self.grid(weights)
-        if training:
-            return _grid.fake_quant_ste(x, lo, hi, step)
         # Export form: int8 fake-quant right after the producing op (so the
         # converter quantizes that op's output with step s), then the b-bit
         # clamp, then the same fake-quant again so the clamp runs in int8.
