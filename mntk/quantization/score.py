@@ -66,10 +66,13 @@ class _Bits:
         """Current bits (numpy float, integer at inference) for bookkeeping."""
         return float(self.tensor().numpy())
 
-    def tensor(self):
+    def tensor(self, bits_of=None):
+        """The bits as a scalar tensor; ``bits_of(quantizer, variables)`` gives
+        a learned quantizer's bits (default: computed afresh)."""
         if not self.learned:
             return tf.constant(32.0 if self.const is None else self.const)
-        values = [q.bits_tensor(v) for q, v in self.learned]
+        bits_of = bits_of or (lambda q, v: q.bits_tensor(v))
+        values = [bits_of(q, v) for q, v in self.learned]
         out = values[0] if len(values) == 1 else tf.reduce_max(tf.stack(values))
         if self.const is not None:
             out = tf.maximum(out, self.const)
@@ -111,7 +114,7 @@ def _output_bits(layer, in_sources):
 
 
 class _LearnedKernel:
-    """One kernel row whose weights have learned bits."""
+    """One kernel row whose weights have learned bits (its constant sizes)."""
 
     def __init__(self, row, weight, quantizer, variables, in_bits):
         shape = [int(d) for d in weight.shape]
@@ -124,23 +127,6 @@ class _LearnedKernel:
         self.name = row.name
         self.weight, self.quantizer, self.variables = weight, quantizer, variables
         self.in_bits = in_bits
-
-    def counts(self, weight_bits, acc_bits):
-        """(param bits, 32-bit-equivalent ops) of the kernel's values and ops."""
-        bits_c = tf.broadcast_to(tf.reshape(weight_bits, [-1]), [self.channels])
-        q = tf.stop_gradient(self.quantizer(self.weight, True, weights=self.variables))
-        nnz_c = tf.reduce_sum(tf.cast(tf.not_equal(tf.reshape(q, [self.rows, self.channels]),
-                                                   0.0), tf.float32), axis=0)
-        n = float(self.rows)
-        dense = n * tf.reduce_sum(bits_c)
-        sparse = tf.reduce_sum(nnz_c * bits_c) + n * self.channels
-        use_sparse = tf.stop_gradient(tf.cast(sparse < dense, tf.float32))
-        params = use_sparse * sparse + (1.0 - use_sparse) * dense
-        stored_c = use_sparse * nnz_c + (1.0 - use_sparse) * n
-        mult_bits = soft_max_bits(bits_c, self.in_bits.tensor())
-        mults = tf.reduce_sum(stored_c * mult_bits) * (self.spatial / 32.0)
-        adds = tf.reduce_sum(tf.maximum(stored_c - 1.0, 0.0)) * (self.spatial * acc_bits / 32.0)
-        return params, mults + adds
 
 
 class DifferentiableScore:
@@ -214,15 +200,60 @@ class DifferentiableScore:
                 return w.weight, w.quantizer, w.variables
         return None
 
+    def _layout(self):
+        """Per-channel constants of all learned kernels, concatenated: the
+        kernel of each channel (sorted segment ids), values per channel n,
+        output positions S / 32, and each kernel's mask bits n * C."""
+        seg, rows, spatial, mask = [], [], [], []
+        for i, k in enumerate(self.kernels):
+            seg += [i] * k.channels
+            rows += [float(k.rows)] * k.channels
+            spatial += [k.spatial / 32.0] * k.channels
+            mask.append(float(k.rows * k.channels))
+        return (tf.constant(seg, tf.int32), tf.constant(rows, tf.float32),
+                tf.constant(spatial, tf.float32), tf.constant(mask, tf.float32))
+
     def _dynamic(self):
-        params, ops = [tf.constant(0.0)], [tf.constant(0.0)]
-        for k in self.kernels:
-            p, o = k.counts(k.quantizer.bits_tensor(k.variables), self.acc_bits)
-            params.append(p)
-            ops.append(o)
-        for count, source, _ in self.elementwise:
-            ops.append(count * source.tensor() / 32.0)
-        return tf.add_n(params), tf.add_n(ops)
+        """(param bits, 32-bit-equivalent ops) of the learned rows, all kernels
+        at once: one vector of every kernel's channels, so the count is a
+        fixed handful of ops whatever the number of layers (per layer, only
+        each quantizer's bits and nonzero count)."""
+        cache = {}
+
+        def bits_of(quantizer, variables):
+            key = id(variables)  # each quantizer's bits computed once per call
+            if key not in cache:
+                cache[key] = quantizer.bits_tensor(variables)
+            return cache[key]
+        params, ops = tf.constant(0.0), tf.constant(0.0)
+        if self.kernels:
+            seg, rows, spatial, mask = self._layout()
+            bits, nonzeros = [], []
+            for k in self.kernels:
+                b = tf.reshape(bits_of(k.quantizer, k.variables), [-1])
+                if b.shape[0] != k.channels:  # one width per tensor (Dense)
+                    b = tf.broadcast_to(b, [k.channels])
+                bits.append(b)
+                nonzeros.append(k.quantizer.nonzeros_per_channel(k.weight, k.variables))
+            bits = tf.concat(bits, 0) if len(bits) > 1 else bits[0]
+            nnz = tf.concat(nonzeros, 0) if len(nonzeros) > 1 else nonzeros[0]
+            in_bits = tf.gather(tf.stack([k.in_bits.tensor(bits_of) for k in self.kernels]),
+                                seg)
+            # storage: the cheaper of dense (n sum b_c) and sparse (sum nnz_c b_c + mask)
+            dense = tf.math.segment_sum(bits * rows, seg)
+            sparse = tf.math.segment_sum(nnz * bits, seg) + mask
+            use_sparse = tf.stop_gradient(sparse < dense)
+            params = tf.reduce_sum(tf.where(use_sparse, sparse, dense))
+            stored = tf.where(tf.gather(use_sparse, seg), nnz, rows)
+            # multiplies at the straight-through max(b_w, b_in); adds at the accumulator
+            mults = tf.reduce_sum(stored * soft_max_bits(bits, in_bits) * spatial)
+            adds = tf.reduce_sum(tf.maximum(stored - 1.0, 0.0) * spatial) * self.acc_bits
+            ops = mults + adds
+        if self.elementwise:
+            counts = tf.constant([count / 32.0 for count, _, _ in self.elementwise])
+            ops = ops + tf.reduce_sum(counts * tf.stack(
+                [source.tensor(bits_of) for _, source, _ in self.elementwise]))
+        return params, ops
 
     def parts(self):
         """(P, F): 32-bit-equivalent params and ops (tensors)."""
