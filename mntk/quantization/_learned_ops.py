@@ -89,6 +89,10 @@ def learned_weight_fake_quant(w, gamma, rng, min_bits, max_bits, channel_shape):
         side = tf.sign(rounded - clipped)  # -1 below lo, 0 inside, +1 above hi
 
         def grad(g):
+            with tf.name_scope("learned_weight_grad"):
+                return _grad(g)
+
+        def _grad(g):
             outside = tf.abs(side)
             dw = g - g * outside
 
@@ -150,17 +154,27 @@ def learned_activation_fake_quant(x, gamma, lo0, hi0, alpha, beta, min_bits, max
         step = v["step"]
         # one ClipByValue kernel: the same min-then-max as tf.clip_by_value
         clipped = tf.raw_ops.ClipByValue(t=x, clip_value_min=v["lo"], clip_value_max=v["hi"])
+        side = tf.sign(x - clipped)  # -1 below lo', 0 inside, +1 above hi'
+        # The backward's factors, made here so that each backward product
+        # can reuse its factor's buffer (a fresh activation-sized buffer is
+        # what these small ops mostly cost on CPU, measured).
+        outside = tf.abs(side)
+        above = tf.nn.relu(side)
         scaled = clipped / step
         rounded = tf.round(scaled)
-        side = tf.sign(x - clipped)  # -1 below lo', 0 inside, +1 above hi'
+        error = rounded - scaled
 
         def grad(g):
-            g_out = g * tf.abs(side)
-            dx = g - g_out
+            with tf.name_scope("learned_activation_grad"):
+                return _grad(g)
+
+        def _grad(g):
+            g_out = g * outside
             # d lo' + d hi' (sum of g outside) and d hi' (sum of g above)
             dlo_hi = tf.reduce_sum(g_out)
-            dhi_grid = tf.reduce_sum(g * tf.nn.relu(side))
-            dstep = tf.reduce_sum(g * (rounded - scaled))
+            dhi_grid = tf.reduce_sum(g * above)
+            dstep = tf.reduce_sum(g * error)
+            dx = g - g_out
             # lo' = -zp step, hi' = lo' + span, step = span / levels
             dstep = dstep + dlo_hi * -v["zero_point"]
             dspan = dhi_grid + dstep / v["levels"]

@@ -261,5 +261,6 @@ class DifferentiableScore:
         return (params + self.const_param_bits) / 32.0, ops + self.const_ops
 
     def __call__(self):
-        params, ops = self.parts()
-        return params / self.p_base + ops / self.m_base
+        with tf.name_scope("micronet_score"):
+            params, ops = self.parts()
+            return params / self.p_base + ops / self.m_base
