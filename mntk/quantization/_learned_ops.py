@@ -174,7 +174,9 @@ def learned_activation_fake_quant(x, gamma, lo0, hi0, alpha, beta, min_bits, max
             dlo_hi = tf.reduce_sum(g_out)
             dhi_grid = tf.reduce_sum(g * above)
             dstep = tf.reduce_sum(g * error)
-            dx = g - g_out
+            # after the sums, so that g or g_out is free and its buffer reused
+            with tf.control_dependencies([dlo_hi, dhi_grid, dstep]):
+                dx = g - g_out
             # lo' = -zp step, hi' = lo' + span, step = span / levels
             dstep = dstep + dlo_hi * -v["zero_point"]
             dspan = dhi_grid + dstep / v["levels"]
