@@ -167,11 +167,17 @@ def test_early_exit_train_calibrate_staged_tflite(app, tmp_path):
     mntk.export.to_tflite_staged(multi, cal, str(tmp_path / "staged"), progress=False)
     logits, exit_index = mntk.export.StagedRunner(str(tmp_path / "staged")).predict(x[:8])
     keras_logits, keras_exit = mntk.early_exit.EarlyExitRunner(multi, cal).predict(x[:8])
-    # calibrating for a 50% exit rate puts the threshold on a sample's own
-    # confidence, where float TFLite's last-bit differences can move that one
-    # sample across it: logits must agree wherever both runners chose the same exit
+    # A barely trained backbone's exit confidences crowd around the 50%-rate
+    # threshold, so float TFLite's rounding can move a sample across it. The
+    # runners may differ only there: at the first exit where they part, the
+    # sample's Keras confidence lies within 1e-3 of that exit's threshold.
     same = exit_index == keras_exit
-    assert same.mean() >= 0.75, (exit_index, keras_exit)
+    outputs = multi.predict(x[:8], verbose=0)
+    for s in np.flatnonzero(~same):
+        k = int(min(exit_index[s], keras_exit[s]))
+        z = outputs[k][s] - outputs[k][s].max()
+        conf = np.exp(z).max() / np.exp(z).sum()
+        assert abs(conf - cal.thresholds[k]) < 1e-3, (s, k, conf, cal.thresholds)
     np.testing.assert_allclose(logits[same], keras_logits[same], atol=1e-3)
 
 

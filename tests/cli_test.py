@@ -97,6 +97,7 @@ def test_config_override_reaches_the_model(capsys):
     assert count(reports[1]) < 0.5 * count(reports[0])
 
 
+@pytest.mark.xdist_group("all_stages")  # the run train_test shares
 def test_human_summary_of_a_run(tmp_path_factory):
     config, workdir, summary = _runs.all_stages(tmp_path_factory)
     text = cli.format_summary(summary)

@@ -31,6 +31,7 @@ class KillAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed by test")
 
 
+@pytest.mark.xdist_group("all_stages")  # one shared run per worker
 def test_every_stage_module_runs_and_writes_its_summary(all_stages):
     config, workdir, summary = all_stages
     assert [s.name for s in summary.stages] == list(_runs.ALL_STAGES)
@@ -72,6 +73,7 @@ def test_every_stage_module_runs_and_writes_its_summary(all_stages):
     assert os.path.exists(os.path.join(workdir, "model.h5"))
 
 
+@pytest.mark.xdist_group("all_stages")  # one shared run per worker
 def test_summary_json_round_trips_through_the_schema(all_stages):
     _, workdir, summary = all_stages
     with open(os.path.join(workdir, "summary.json")) as f:
@@ -83,6 +85,7 @@ def test_summary_json_round_trips_through_the_schema(all_stages):
         RunSummary.from_dict(on_disk)
 
 
+@pytest.mark.xdist_group("all_stages")  # one shared run per worker
 def test_finished_stages_are_skipped_on_rerun(all_stages, capsys):
     config, workdir, summary = all_stages
     again = train.run(config, workdir)
