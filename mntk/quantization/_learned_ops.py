@@ -58,10 +58,15 @@ def weight_grid(gamma, rng, min_bits, max_bits):
     b = clip(round_ste(8 gamma)), half = 2^(b-1), neg = min(half, 127),
     step = max(|r|, 1e-8) / neg; integers in [-neg, half - 1]."""
     bits, ste = _bits(gamma, float(min_bits), float(max_bits))
+    return (bits, ste) + weight_step(bits, rng)
+
+
+def weight_step(bits, rng):
+    """(half, neg, magnitude, step) of the weight grid at ``bits`` (see weight_grid)."""
     half = tf.pow(2.0, bits - 1.0)
     neg = tf.minimum(half, 127.0)
     magnitude = tf.maximum(tf.abs(rng), 1e-8)
-    return bits, ste, half, neg, magnitude, magnitude / neg
+    return half, neg, magnitude, magnitude / neg
 
 
 def learned_weight_fake_quant(w, gamma, rng, min_bits, max_bits, channel_shape):

@@ -160,7 +160,7 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
         return _grid.export_fake_quant(out, tf.reshape(flat_step, [-1]) / multiple,
                                        shape, self.depthwise)
 
-    def nonzeros_per_channel(self, kernel, weights):
+    def nonzeros_per_channel(self, kernel, weights, bits=None):
         """nnz_c: nonzeros of the quantized kernel per output channel, shape (C,)
         (no gradient; a count). C is the last axis, cin*mult for depthwise,
         also for a per-tensor grid.
@@ -168,12 +168,15 @@ class LearnedPrecisionWeightQuantizer(_Quantizer):
         clip(round(w / s), lo, hi) != 0  iff  |w / s| > 0.5, because lo <= -2
         and hi >= 1 at b >= 2 bits and tf.round rounds 0.5 to 0 (half to
         even); w / s is the same division as the forward's, so the count is
-        exact, without the forward's rounding and clipping.
+        exact, without the forward's rounding and clipping. ``bits``: the
+        channels' ``bits_tensor`` if the caller has it (not recomputed).
         """
         w = kernel
         if "sparsity_mask" in weights:
             w = w * weights["sparsity_mask"]
-        _, _, step = self._grid(weights)
+        if bits is None:
+            bits = self.bits_tensor(weights)
+        step = _ops.weight_step(bits, weights["range"])[-1]
         shape = [int(d) for d in w.shape]
         step = tf.reshape(step, self._channel_shape(shape))
         nonzero = tf.cast(tf.abs(w / step) > 0.5, tf.float32)

@@ -230,11 +230,12 @@ class DifferentiableScore:
             seg, rows, spatial, mask = self._layout()
             bits, nonzeros = [], []
             for k in self.kernels:
-                b = tf.reshape(bits_of(k.quantizer, k.variables), [-1])
+                own = bits_of(k.quantizer, k.variables)
+                nonzeros.append(k.quantizer.nonzeros_per_channel(k.weight, k.variables, own))
+                b = tf.reshape(own, [-1])
                 if b.shape[0] != k.channels:  # one width per tensor (Dense)
                     b = tf.broadcast_to(b, [k.channels])
                 bits.append(b)
-                nonzeros.append(k.quantizer.nonzeros_per_channel(k.weight, k.variables))
             bits = tf.concat(bits, 0) if len(bits) > 1 else bits[0]
             nnz = tf.concat(nonzeros, 0) if len(nonzeros) > 1 else nonzeros[0]
             in_bits = tf.gather(tf.stack([k.in_bits.tensor(bits_of) for k in self.kernels]),
