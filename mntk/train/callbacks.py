@@ -149,3 +149,57 @@ class DivergenceGuard(keras.callbacks.Callback):
             for i, out in enumerate(outputs):
                 if not np.all(np.isfinite(np.asarray(out))):
                     self._fail(epoch, f"output {i} of the model is NaN/Inf on validation data")
+
+
+KILL_AT_ENV = "MNTK_TEST_KILL_AT"
+
+
+class KillAt(keras.callbacks.Callback):
+    """TEST ONLY: SIGKILLs this process at one exact point of a stage's fit, so
+    ``tests/faults_test.py`` can check that a killed run resumes bit-exact.
+
+    ``fit`` adds it, last of all callbacks, when the environment variable
+    ``MNTK_TEST_KILL_AT`` is set, to one of (epochs and batches count from 0):
+
+    - ``STAGE:EPOCH:BATCH``: after batch BATCH of epoch EPOCH (mid-epoch);
+    - ``STAGE:EPOCH:end``: after epoch EPOCH ended (its backup written);
+    - ``STAGE:train_end``: after the fit ended, before the stage is marked done.
+
+    Users have no reason to set it: it kills the run.
+    """
+
+    def __init__(self, spec: str, stage: str):
+        super().__init__()
+        parts = spec.split(":")
+        ok = len(parts) == 2 and parts[1] == "train_end" or len(parts) == 3 and \
+            parts[1].isdigit() and (parts[2].isdigit() or parts[2] == "end")
+        if not ok:
+            raise RecipeError(f"{KILL_AT_ENV}={spec!r} must be STAGE:EPOCH:BATCH, "
+                              "STAGE:EPOCH:end or STAGE:train_end (a test-only setting)")
+        self.armed = parts[0] == stage
+        self.point = tuple(parts[1:])
+
+    def _kill(self):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.armed and self.point == (str(self.epoch), str(batch)):
+            self._kill()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.armed and self.point == (str(epoch), "end"):
+            self._kill()
+
+    def on_train_end(self, logs=None):
+        if self.armed and self.point == ("train_end",):
+            self._kill()
+
+
+def kill_at_callbacks(stage: str):
+    """``[KillAt(...)]`` when ``MNTK_TEST_KILL_AT`` is set (tests only), else []."""
+    spec = os.environ.get(KILL_AT_ENV)
+    return [KillAt(spec, stage)] if spec else []

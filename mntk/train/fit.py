@@ -20,7 +20,7 @@ from mntk import data as data_lib
 from mntk.compat import keras
 from mntk.train.callbacks import (CheckedBackupAndRestore, DivergenceGuard,
                                   EpochSeededRandomness, StateBackup, TechniqueLogger,
-                                  backup_error)
+                                  backup_error, kill_at_callbacks)
 from mntk.train.context import epoch_keyed_dataset, is_chief, saved_epoch
 from mntk.train.errors import RecipeError
 from mntk.train.objectives import soft_labels
@@ -118,6 +118,11 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
         train_ds = train_ds.map(lambda x, y: (x, (y,) * n_outputs))
         validation = validation.map(lambda x, y: (x, (y,) * n_outputs))
     history_csv = os.path.join(ctx.writable_dir(), "history.csv")
+    # the rows of the epochs the backup holds: a run killed after an epoch's
+    # row was written but before its backup resumes at that epoch, which
+    # writes its row again
+    keep_history_rows(history_csv, first)
+    best_val_loss = min(read_history(history_csv).get("val_loss", []) or [math.inf])
     state = [v for r in regularizers.orthogonality_regularizers(model)
              for v in getattr(r, "variables", [])]
     stage = os.path.basename(ctx.stage_dir).split("_", 1)[-1]
@@ -128,22 +133,27 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     if isinstance(rate, schedules.CosineCycles):
         # each cycle starts from a fresh optimizer state, as the entries' runs did
         callbacks = list(callbacks) + [schedules.ResetOptimizerState(rate.cycle_steps)]
-    # the guard comes first: it must fire before a diverged epoch is backed up
+    # The guard comes first: it must fire before a diverged epoch is backed up.
+    # The epoch's files (history row, best weights) are written before its
+    # backup, so a run killed between the two redoes that epoch and writes
+    # them again, rather than resuming after an epoch whose files are missing.
     all_callbacks = [guard] + list(callbacks) + [
         EpochSeededRandomness(int(config.seed)),
         TechniqueLogger(),
         cost.CostLogger(task=config.cost.task, freebie=bool(config.cost.freebie)),
+        keras.callbacks.CSVLogger(history_csv, append=first > 0),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(ctx.writable_dir(), "best.weights.h5"),
+            monitor="val_loss", mode="min", save_best_only=True, save_weights_only=True,
+            # a resumed fit remembers the best epoch before the kill
+            initial_value_threshold=best_val_loss if math.isfinite(best_val_loss) else None),
+        keras.callbacks.TensorBoard(ctx.writable_dir("tensorboard"), profile_batch=0),
         StateBackup(state, backup_dir + "_state", chief=is_chief(),
                     worker=os.path.basename(os.path.dirname(ctx.writable_dir("x"))),
                     resume_epoch=first),
         CheckedBackupAndRestore(backup_dir),
-        keras.callbacks.CSVLogger(history_csv, append=first > 0),
-        keras.callbacks.TensorBoard(ctx.writable_dir("tensorboard"), profile_batch=0),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(ctx.writable_dir(), "best.weights.h5"),
-            monitor="val_loss", mode="min", save_best_only=True, save_weights_only=True),
         keras.callbacks.TerminateOnNaN(),
-    ] + list(ctx.extra_callbacks)
+    ] + list(ctx.extra_callbacks) + kill_at_callbacks(stage)  # test-only, last
     model.fit(train_ds, epochs=epochs, steps_per_epoch=ctx.steps(), validation_data=validation,
               callbacks=all_callbacks, verbose=int(config.verbose))
     history = read_history(history_csv)
@@ -154,6 +164,18 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
             f"training loss became NaN/inf at epoch {bad} (learning rate "
             f"{config.train.learning_rate}); lower train.learning_rate or check the input data.")
     return history
+
+
+def keep_history_rows(path: str, rows: int) -> None:
+    """Cut a CSVLogger file to its header and first ``rows`` rows (atomically)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    if len(lines) > rows + 1:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(lines[:rows + 1] if rows else [])
+        os.replace(path + ".tmp", path)
 
 
 def read_history(path: str) -> Dict[str, List[float]]:

@@ -73,6 +73,11 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
         return _run_stages(config, workdir, plan, extra_callbacks)
 
 
+def stage_seed(seed: int, k: int) -> int:
+    """The random seed stage ``k`` starts from (stage 0: the recipe's seed)."""
+    return seed + 1000003 * k
+
+
 def _plan(full: List[str], chosen: Optional[List[str]]) -> List[Tuple[int, str]]:
     """(k, name) of the stages to run: ``k`` is the stage's place in
     ``config.stages``, so ``--stages=export`` is ``stages/1_export`` of a
@@ -124,6 +129,11 @@ def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
         else:
             print(f"mntk: stage {k} '{name}'", flush=True)
             os.makedirs(ctx.stage_dir, exist_ok=True)
+            # each stage draws its random numbers (new layers' initial weights)
+            # from its own seed, not from where the stages before it left the
+            # stream: a run resumed at this stage, which skipped them, draws
+            # the same numbers as an uninterrupted one
+            keras.utils.set_random_seed(stage_seed(int(config.seed), k))
             stage_started, stage_cpu = time.time(), time.process_time()
             stage_summary = STAGES[name](ctx)
             stage_summary.name = name

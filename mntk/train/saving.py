@@ -17,20 +17,17 @@ def model_filename(model) -> str:
     return "model.h5" if is_quantized(model) else "model.keras"
 
 
-# model -> the file its last stage saved (weak keys: a new model never
+# model -> the file its latest stage saved (weak keys: a new model never
 # inherits a dead one's entry). The run's final model is a copy of that file:
 # re-saving would read distributed variables, a collective the other workers
-# of a multi-worker run (which do not save there) never join.
+# of a multi-worker run (which do not save there) never join. Stage folders
+# are always saved afresh: a stage may have trained the model in place (the
+# finetune stage does), so an earlier stage's file is no copy of it.
 _SAVED = weakref.WeakKeyDictionary()
 
 
 def save_model(model, directory: str) -> str:
     path = os.path.join(directory, model_filename(model))
-    saved = _SAVED.get(model)
-    if saved and os.path.exists(saved) and os.path.basename(saved) == os.path.basename(path):
-        if os.path.abspath(saved) != os.path.abspath(path):
-            shutil.copyfile(saved, path)
-        return path
     model.save(path)
     _SAVED[model] = path
     return path
@@ -46,7 +43,14 @@ def save_stage_model(ctx) -> None:
 
 
 def save_final_model(ctx) -> None:
-    if ctx.model is not None and is_chief():
+    """The top-level model file: a copy of the last stage's."""
+    if ctx.model is None or not is_chief():
+        return
+    path = os.path.join(ctx.workdir, model_filename(ctx.model))
+    saved = _SAVED.get(ctx.model)
+    if saved and os.path.exists(saved) and os.path.basename(saved) == os.path.basename(path):
+        shutil.copyfile(saved, path)
+    else:
         save_model(ctx.model, ctx.workdir)
 
 
@@ -58,5 +62,7 @@ def load_stage_model(ctx):
             with ctx.strategy.scope():
                 # stages compile their own model; loading without the previous
                 # stage's loss and metrics also spares their custom objects
-                return load_model(path, compile=False)
+                model = load_model(path, compile=False)
+            _SAVED[model] = path
+            return model
     return ctx.model
