@@ -265,8 +265,8 @@ def test_diverged_run_keeps_the_last_good_epoch(tmp_path):
 
 # ------------------------------------------------------- subprocess kills
 
-def run_cli(args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def run_cli(args, env=None, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "mntk.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -297,33 +297,124 @@ SRIP_RUN = [DIGITS, "--config.stages=('train',)", "--config.train.epochs=3",
             "--config.tricks.srip.enabled=True", "--config.verbose=0"]
 
 
-def stage_weights(workdir):
+# Every stage kind of the digits recipe that trains, as small as it gets: 8x8
+# images, 3 steps an epoch, 2 epochs a stage; SRIP (persistent vectors) and
+# adaptive label smoothing on in train, smoothing in prune, pruning masks
+# carried into ternary QAT and its fine-tuning. (Export trains nothing; the
+# qat8 stage, int8 QAT of a float model, is left out for time.)
+RESUME_RECIPE = """
+import ml_collections
+from recipes import digits
+
+
+def get_config(arg=None):
+    c = digits.get_config()
+    c.verbose = 0
+    c.stages = ("train", "early_exit", "prune", "quantize", "finetune")
+    c.data.image_size = 8
+    c.train.epochs = 2
+    c.train.max_steps_per_epoch = 3
+    c.early_exit.epochs = 2
+    c.early_exit.max_examples = 64
+    c.prune.epochs = 2
+    c.quantize.epochs = 2
+    c.finetune = ml_collections.ConfigDict({"epochs": 2, "learning_rate": 1e-4})
+    c.export.verify_examples = 32
+    return c
+"""
+STAGE_DIRS = {"train": "0_train", "early_exit": "1_early_exit", "prune": "2_prune",
+              "quantize": "3_quantize", "finetune": "4_finetune"}
+# where each run of the chain is SIGKILLed (mntk.train.callbacks.KillAt): in
+# turn mid-epoch with a backup to resume from, mid-epoch before any backup
+# (new exit heads initialised again), at an epoch boundary, and after the fit
+# but before the stage is marked done (its backup already removed)
+KILLS = ["train:1:1", "early_exit:0:1", "prune:0:end", "quantize:1:1", "finetune:train_end"]
+
+
+def saved_state(path):
+    """(model variables in the model's order, optimizer variables in the
+    optimizer's order) of a saved .keras or .h5 model: names aside, which a
+    process that skipped finished stages numbers differently."""
+    import io
+    import zipfile
+
+    import h5py
     from mntk.serialization import load_model
-    return load_model(os.path.join(workdir, "stages", "0_train", "model.keras")).get_weights()
+    weights = [v.numpy() for v in load_model(path, compile=False).weights]
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as z, \
+                h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+            group = f.get("optimizer/vars")
+            slots = [group[str(i)][()] for i in range(len(group))] if group else []
+    else:
+        with h5py.File(path, "r") as f:
+            group = f.get("optimizer_weights")
+            names = group.attrs["weight_names"] if group is not None else []
+            slots = [group[n.decode() if isinstance(n, bytes) else n][()] for n in names]
+    return weights, slots
+
+
+def assert_same_state(a, b, what):
+    (wa, sa), (wb, sb) = saved_state(a), saved_state(b)
+    assert len(wa) == len(wb) and len(sa) == len(sb), what
+    assert sa, f"{what}: no optimizer state saved"
+    for i, (x, y) in enumerate(zip(wa + sa, wb + sb)):
+        np.testing.assert_array_equal(x, y, err_msg=f"{what}: variable {i}")
+
+
+def assert_kill_point(workdir, point):
+    """The run died where ``point`` says, with the stage's backup as expected."""
+    from mntk.train import saved_epoch
+    stage, *where = point.split(":")
+    folder = os.path.join(workdir, "stages", STAGE_DIRS[stage])
+    assert not os.path.exists(os.path.join(folder, "summary.json")), point
+    backup = os.path.join(folder, "backup")
+    if where == ["train_end"]:
+        assert not os.path.exists(backup), point
+    else:
+        epoch, batch = where
+        assert saved_epoch(backup) == int(epoch) + (batch == "end"), point
 
 
 @pytest.mark.slow
-def test_sigkill_after_an_epoch_resumes_bit_exact_with_srip(tmp_path):
-    """SIGKILL once epoch 1 is backed up, rerun: every weight and the history
-    rows equal an uninterrupted run's, bit for bit (CPU), SRIP on."""
+def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path):
+    """One uninterrupted run, and one run SIGKILLed at a point of each stage
+    in turn (``KILLS``) and rerun after each kill: every stage's weights,
+    optimizer slots, pruning masks and steps, quantizer variables, history
+    rows, calibration and summary equal the uninterrupted run's, bit for bit
+    (CPU)."""
+    recipe = write(tmp_path / "resume_recipe.py", RESUME_RECIPE)
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    done = run_cli(["train", *SRIP_RUN, f"--workdir={straight}"])
-    proc = run_cli(["train", *SRIP_RUN, f"--workdir={killed}"])
-    assert done.wait(900) == 0, done.stderr.read()[-2000:]
-    # epoch 1 logged (CSVLogger runs after both backups): killed in epoch 2,
-    # at its start or mid-way
-    wait_for("", proc, done=lambda: history_rows(killed) >= 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = run_cli(["train", *SRIP_RUN, f"--workdir={killed}"])
-    assert resumed.wait(900) == 0, resumed.stderr.read()[-2000:]
-    for a, b in zip(stage_weights(straight), stage_weights(killed)):
-        np.testing.assert_array_equal(a, b)
-    rows = []
-    for w in (straight, killed):
-        with open(os.path.join(w, "stages", "0_train", "history.csv")) as f:
-            rows.append(f.read().splitlines())
-    assert rows[0] == rows[1]
+    reference = run_cli(["train", f"--config={recipe}", f"--workdir={straight}"])
+    for point in KILLS + [None]:
+        proc = run_cli(["train", f"--config={recipe}", f"--workdir={killed}"],
+                       env={"MNTK_TEST_KILL_AT": point} if point else {})
+        _, err = proc.communicate(timeout=900)
+        if point is None:
+            assert proc.returncode == 0, err[-2000:]
+        else:
+            assert proc.returncode == -signal.SIGKILL, f"{point}: {err[-2000:]}"
+            assert_kill_point(killed, point)
+    assert reference.wait(900) == 0, reference.stderr.read()[-2000:]
+
+    for stage, folder in STAGE_DIRS.items():
+        a, b = (os.path.join(w, "stages", folder) for w in (straight, killed))
+        with open(os.path.join(a, "history.csv")) as f, \
+                open(os.path.join(b, "history.csv")) as g:
+            rows = f.read()
+            assert rows == g.read(), stage
+        assert len(rows.strip().splitlines()) == 1 + 2, stage     # header + 2 epochs
+        # the model each stage trained (early exit: the backbone with its heads)
+        trained = "multi.keras" if stage == "early_exit" else (
+            "model.h5" if os.path.exists(os.path.join(a, "model.h5")) else "model.keras")
+        assert_same_state(os.path.join(a, trained), os.path.join(b, trained), stage)
+    for name in ("calibration.json", "summary.json"):
+        with open(os.path.join(straight, name)) as f, open(os.path.join(killed, name)) as g:
+            x, y = json.load(f), json.load(g)
+        x.pop("seconds", None), y.pop("seconds", None)
+        assert x == y, name
+    assert_same_state(os.path.join(straight, "model.h5"), os.path.join(killed, "model.h5"),
+                      "final model")
 
 
 @pytest.mark.slow
@@ -355,3 +446,123 @@ def test_two_concurrent_runs_the_second_fails_naming_the_first(tmp_path):
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and f"in use by pid {first.pid}" in lines[0], err
     assert first.wait(900) == 0
+
+
+# ------------------------------------------------------- in-process resumes
+
+class StopAfter:
+    """A callback that raises KeyboardInterrupt after ``n`` training batches."""
+
+    def __new__(cls, n):
+        from mntk.compat import keras
+
+        class _Stop(keras.callbacks.Callback):
+            seen = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.seen += 1
+                if self.seen == n:
+                    raise KeyboardInterrupt("stopped by the test")
+        return _Stop()
+
+
+@pytest.mark.slow
+def test_fresh_srip_vectors_resume_bit_exact(tmp_path):
+    """``tricks.srip.vector='fresh'`` (KAIST's form: a new random start vector
+    every step): a run stopped mid-epoch and resumed draws the same vectors as
+    an uninterrupted one, so weights, optimizer slots and history agree."""
+    import _runs
+    from mntk import train
+    config = _runs.digits_config(**{
+        "stages": ("train",), "data.image_size": 8, "train.epochs": 2,
+        "train.max_steps_per_epoch": 3, "tricks.srip.vector": "fresh",
+        "tricks.srip.gram": "fan_in", "tricks.srip.squared": True})
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.run(config, straight)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, resumed, extra_callbacks=[StopAfter(3 + 2)])   # epoch 1, batch 1
+    assert train.saved_epoch(os.path.join(resumed, "stages", "0_train", "backup")) == 1
+    train.run(config, resumed)
+    a, b = (os.path.join(w, "stages", "0_train") for w in (straight, resumed))
+    assert_same_state(os.path.join(a, "model.keras"), os.path.join(b, "model.keras"), "train")
+    with open(os.path.join(a, "history.csv")) as f, open(os.path.join(b, "history.csv")) as g:
+        assert f.read() == g.read()
+
+
+def test_kill_point_spec_is_checked():
+    from mntk.train.callbacks import KillAt
+    from mntk.train.errors import RecipeError
+    for good in ("train:0:3", "prune:1:end", "quantize:train_end"):
+        KillAt(good, "train")
+    for bad in ("train", "train:x:1", "train:1", "train:1:2:3"):
+        with pytest.raises(RecipeError, match="MNTK_TEST_KILL_AT"):
+            KillAt(bad, "train")
+
+
+def test_history_rows_beyond_the_backup_are_cut(tmp_path):
+    from mntk.train.fit import keep_history_rows, read_history
+    path = write(tmp_path / "history.csv", "epoch,loss\n0,1.5\n1,1.25\n2,1.0\n")
+    keep_history_rows(path, 2)
+    assert read_history(path) == {"epoch": [0.0, 1.0], "loss": [1.5, 1.25]}
+    keep_history_rows(path, 5)       # fewer rows than that: left alone
+    assert read_history(path)["epoch"] == [0.0, 1.0]
+
+
+# ------------------------------------------------------------ a full disk
+
+TINY = [DIGITS, "--config.stages=('train',)", "--config.train.epochs=1",
+        "--config.train.max_steps_per_epoch=2", "--config.data.image_size=8",
+        "--config.verbose=0"]
+
+
+def one_error_line(capsys):
+    _, err = capsys.readouterr()
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_full_disk_fails_in_one_line_and_resumes_once_space_is_freed(tmp_path, capsys):
+    """Writes that really fail with ENOSPC: three files the run writes (the
+    epoch's history row, the stage's model, the stage's summary) are links to
+    /dev/full, where every write fails so. Each gives one line naming the full
+    disk and the fix; removing the link ("freeing space") lets the same
+    command go on, and the last one finishes."""
+    workdir = tmp_path / "w"
+    stage = workdir / "stages" / "0_train"
+    stage.mkdir(parents=True)
+    full = [stage / "history.csv", stage / "model.keras", stage / "summary.json.tmp"]
+    for path in full:
+        os.symlink("/dev/full", path)
+    argv = ["mntk", "train", *TINY, f"--workdir={workdir}"]
+    for path in full:
+        assert cli.main(argv) == 1, path
+        line = one_error_line(capsys)
+        assert f"no space left on the disk of {workdir}" in line, line
+        assert "free space" in line and "rerun the same command to resume" in line, line
+        assert not os.path.exists(workdir / ".lock")
+        os.remove(path)
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    with open(stage / "summary.json") as f:
+        assert json.load(f)["history"]["loss"]
+
+
+@pytest.mark.slow
+def test_nearly_full_disk_stops_before_writing_and_resumes(tmp_path, capsys, monkeypatch):
+    """Under the space an epoch's files need, the run stops before writing
+    them (h5py on a full disk prints a traceback per object and can crash),
+    in one line giving the free and needed space; with space it resumes."""
+    import collections
+    from mntk.train import disk
+    workdir = tmp_path / "w"
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 5 << 20))
+    argv = ["mntk", "train", *TINY, "--config.train.epochs=2", f"--workdir={workdir}"]
+    assert cli.main(argv) == 1
+    line = one_error_line(capsys)
+    assert "has 5.0 MiB free, under the" in line and "saving epoch 0 needs" in line, line
+    assert "rerun the same command to resume" in line
+    monkeypatch.undo()
+    assert cli.main(argv) == 0, capsys.readouterr().err

@@ -22,6 +22,7 @@ from mntk.train.callbacks import (CheckedBackupAndRestore, DivergenceGuard,
                                   EpochSeededRandomness, StateBackup, TechniqueLogger,
                                   backup_error, kill_at_callbacks)
 from mntk.train.context import epoch_keyed_dataset, is_chief, saved_epoch
+from mntk.train.disk import SpaceGuard
 from mntk.train.errors import RecipeError
 from mntk.train.objectives import soft_labels
 
@@ -121,8 +122,10 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     # the rows of the epochs the backup holds: a run killed after an epoch's
     # row was written but before its backup resumes at that epoch, which
     # writes its row again
-    keep_history_rows(history_csv, first)
-    best_val_loss = min(read_history(history_csv).get("val_loss", []) or [math.inf])
+    best_val_loss = math.inf
+    if first > 0:   # (a fresh fit overwrites the file)
+        keep_history_rows(history_csv, first)
+        best_val_loss = min(read_history(history_csv).get("val_loss", []) or [math.inf])
     state = [v for r in regularizers.orthogonality_regularizers(model)
              for v in getattr(r, "variables", [])]
     stage = os.path.basename(ctx.stage_dir).split("_", 1)[-1]
@@ -141,6 +144,7 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
         EpochSeededRandomness(int(config.seed)),
         TechniqueLogger(),
         cost.CostLogger(task=config.cost.task, freebie=bool(config.cost.freebie)),
+        SpaceGuard(ctx.writable_dir(), ctx.workdir),   # before any of the epoch's files
         keras.callbacks.CSVLogger(history_csv, append=first > 0),
         keras.callbacks.ModelCheckpoint(
             os.path.join(ctx.writable_dir(), "best.weights.h5"),

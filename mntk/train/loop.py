@@ -25,6 +25,8 @@ from mntk.compat import keras
 from mntk.train import schema
 from mntk.train.context import RunContext, load_data, make_strategy, write_json
 from mntk.train.callbacks import first_bad_weight
+from mntk.train.disk import MARGIN, NoSpaceError, check_space, is_no_space, no_space_error, \
+    variable_bytes
 from mntk.train.errors import DivergedError, RecipeError
 from mntk.train.saving import load_stage_model, save_final_model, save_stage_model
 from mntk.train.stages import STAGES
@@ -68,9 +70,16 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
         tf.config.experimental.enable_op_determinism()
     os.makedirs(workdir, exist_ok=True)
     with WorkdirLock(workdir):
-        record_config(workdir, config, list(config.stages), force=force,
-                      restart_from=restart_from)
-        return _run_stages(config, workdir, plan, extra_callbacks)
+        try:
+            record_config(workdir, config, list(config.stages), force=force,
+                          restart_from=restart_from)
+            return _run_stages(config, workdir, plan, extra_callbacks)
+        except NoSpaceError:
+            raise
+        except Exception as e:
+            if is_no_space(e):   # a write failed on a full disk: one line, resumable
+                raise no_space_error(workdir, e) from None
+            raise
 
 
 def stage_seed(seed: int, k: int) -> int:
@@ -141,6 +150,8 @@ def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
             if bad is not None:
                 raise DivergedError(f"stage {name!r} ended with NaN/Inf in weight {bad}; "
                                     f"lower {name}.learning_rate or check the input data")
+            check_space(workdir, 2 * variable_bytes(ctx.model) + MARGIN if ctx.model is not None
+                        else MARGIN, f"saving stage {name!r}", workdir)
             save_stage_model(ctx)
             write_json(done, stage_summary.to_dict())
             print(f"mntk: stage {k} '{name}' done in {time.time() - stage_started:.1f} s "
