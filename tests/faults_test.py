@@ -375,6 +375,7 @@ def assert_kill_point(workdir, point, config):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("all_stages")  # the run train_test shares
 def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path, tmp_path_factory):
     """The all-stages run, uninterrupted (in this process), against the same
     recipe run through the CLI, SIGKILLed at a point of each training stage in
@@ -385,9 +386,14 @@ def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path, tmp_path_factor
     config, straight, _ = _runs.all_stages(tmp_path_factory)
     recipe = write(tmp_path / "resume_recipe.py", RESUME_RECIPE)
     killed = str(tmp_path / "killed")
+    # as many intra-op threads as this process (one under pytest-xdist):
+    # float sums split over threads may round differently
+    import tensorflow as tf
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    env = {"TF_NUM_INTRAOP_THREADS": str(threads)} if threads else {}
     for point in KILLS + [None]:
         proc = run_cli(["train", f"--config={recipe}", f"--workdir={killed}"],
-                       env={"MNTK_TEST_KILL_AT": point} if point else {})
+                       env=dict(env, **({"MNTK_TEST_KILL_AT": point} if point else {})))
         _, err = proc.communicate(timeout=900)
         if point is None:
             assert proc.returncode == 0, err[-2000:]

@@ -71,6 +71,12 @@ def test_every_stage_module_runs_and_writes_its_summary(all_stages):
             figures.tflite.bytes > 0
     # the final model is the QAT model, saved as .h5
     assert os.path.exists(os.path.join(workdir, "model.h5"))
+    # each stage saves the model it ended with: finetune trains the QAT model
+    # in place, and its file is no copy of the quantize stage's
+    import filecmp
+    assert not filecmp.cmp(os.path.join(_runs.stage_dir(workdir, 4, "quantize"), "model.h5"),
+                           os.path.join(_runs.stage_dir(workdir, 5, "finetune"), "model.h5"),
+                           shallow=False)
 
 
 @pytest.mark.xdist_group("all_stages")  # one shared run per worker
