@@ -8,6 +8,7 @@
 """
 import math
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -72,10 +73,8 @@ class StateBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save(checkpoint_number=epoch)
-
-    def on_train_end(self, logs=None):
-        if os.path.isdir(self.write_dir):  # finished: nothing left to resume
-            tf.io.gfile.rmtree(self.write_dir)
+    # kept after the fit, like BackupAndRestore's: the stage's figures are
+    # still to come; the runner removes both once the stage is marked done
 
 
 def backup_error(directory: str, error: BaseException) -> RecipeError:
@@ -88,7 +87,13 @@ def backup_error(directory: str, error: BaseException) -> RecipeError:
 
 
 class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` whose failure to restore names the fix."""
+    """``BackupAndRestore`` whose failure to restore names the fix, and whose
+    backup outlives the fit: a run killed after the fit but before its stage
+    is marked done resumes at the last epoch instead of training the stage
+    again (the runner removes the backup once the stage is done)."""
+
+    def __init__(self, backup_dir, **kwargs):
+        super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
 
     def on_train_begin(self, logs=None):
         try:
@@ -163,7 +168,8 @@ class KillAt(keras.callbacks.Callback):
 
     - ``STAGE:EPOCH:BATCH``: after batch BATCH of epoch EPOCH (mid-epoch);
     - ``STAGE:EPOCH:end``: after epoch EPOCH ended (its backup written);
-    - ``STAGE:train_end``: after the fit ended, before the stage is marked done.
+    - ``STAGE:train_end``: after the fit ended, before the stage is marked done
+      (its backup holds the last epoch).
 
     Users have no reason to set it: it kills the run.
     """
@@ -203,3 +209,13 @@ def kill_at_callbacks(stage: str):
     """``[KillAt(...)]`` when ``MNTK_TEST_KILL_AT`` is set (tests only), else []."""
     spec = os.environ.get(KILL_AT_ENV)
     return [KillAt(spec, stage)] if spec else []
+
+
+def remove_backups(stage_dir: str) -> None:
+    """A finished stage's backups (``backup/``, ``backup_state*/``): nothing
+    is left to resume."""
+    if not os.path.isdir(stage_dir):
+        return
+    for entry in os.listdir(stage_dir):
+        if entry == "backup" or entry.startswith("backup_state"):
+            shutil.rmtree(os.path.join(stage_dir, entry), ignore_errors=True)

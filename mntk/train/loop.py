@@ -23,8 +23,8 @@ import tensorflow as tf
 
 from mntk.compat import keras
 from mntk.train import schema
-from mntk.train.context import RunContext, load_data, make_strategy, write_json
-from mntk.train.callbacks import first_bad_weight
+from mntk.train.context import RunContext, is_chief, load_data, make_strategy, write_json
+from mntk.train.callbacks import first_bad_weight, remove_backups
 from mntk.train.disk import MARGIN, NoSpaceError, check_space, is_no_space, no_space_error, \
     variable_bytes
 from mntk.train.errors import DivergedError, RecipeError
@@ -56,10 +56,11 @@ def run(config, workdir: str, stages: Optional[List[str]] = None,
         directory in use by another run or run with another config.
     """
     config = schema.resolve(config)
-    unknown = [s for s in list(config.stages) + list(stages or []) if s not in STAGES]
-    if unknown:
-        raise RecipeError(f"Unknown stage(s) {unknown} in config.stages; known stages: "
-                          f"{', '.join(STAGES)}.")
+    for where, names in (("config.stages", config.stages), ("--stages", stages or [])):
+        unknown = [s for s in names if s not in STAGES]
+        if unknown:
+            raise RecipeError(f"Unknown stage(s) {unknown} in {where}; known stages: "
+                              f"{', '.join(STAGES)}.")
     plan = _plan(list(config.stages), stages)
     keras.utils.set_random_seed(int(config.seed))
     # Dropout & co. draw from tf.random.Generator variables instead of stateful
@@ -154,6 +155,8 @@ def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
                         else MARGIN, f"saving stage {name!r}", workdir)
             save_stage_model(ctx)
             write_json(done, stage_summary.to_dict())
+            if is_chief():
+                remove_backups(ctx.stage_dir)
             print(f"mntk: stage {k} '{name}' done in {time.time() - stage_started:.1f} s "
                   f"({time.process_time() - stage_cpu:.1f} s CPU)", flush=True)
         summary.merge(stage_summary)
