@@ -53,6 +53,8 @@ def smoke_run(name, tmp_path_factory):
         outside.mkdir()
         workdir = base / "run"
         env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            env["TF_NUM_INTRAOP_THREADS"] = "1"   # a worker per core: one thread each
         result = subprocess.run(
             [_console_script(), "train", f"--config={ROOT / 'recipes' / name}.py:smoke",
              f"--workdir={workdir}", "--config.verbose=0"],
