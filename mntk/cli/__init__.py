@@ -131,7 +131,15 @@ def main(argv=None) -> int:
     except UsageError as e:
         return _error(name, e, 2)
     except Exception as e:  # flag and recipe-file errors: one line
-        return _error(name, _recipe_file_error(e), 2)
+        return _error(name, _recipe_file_error(e, _config_path(rest),
+                                               raised=not isinstance(e, flags.Error)), 2)
+    try:
+        if "config" in FLAGS and FLAGS.config is not None:
+            # A recipe that failed to load is a stand-in raising on first use:
+            # use it here, so its failure is reported as a recipe-file error.
+            FLAGS.config.keys()
+    except Exception as e:
+        return _error(name, _recipe_file_error(e, _config_path(rest), raised=True), 2)
     try:
         fn()
     except UsageError as e:
@@ -151,16 +159,33 @@ def _error(name: str, e, status: int) -> int:
     return status
 
 
-def _recipe_file_error(e: BaseException) -> str:
-    """A flag error; a recipe file that fails to load is named with the last
-    line of its traceback (ml_collections puts the whole traceback in it)."""
+def _config_path(args):
+    """The recipe file named by ``--config=PATH[:ARG]`` in ``args``, or None."""
+    for arg in args:
+        if arg.startswith("--config="):
+            return arg[len("--config="):].partition(":")[0]
+    return None
+
+
+def _recipe_file_error(e: BaseException, path=None, raised=False) -> str:
+    """A flag error; a recipe file that is missing, or fails to load, is named
+    with the last line of its traceback (ml_collections puts the whole
+    traceback in the error). ``raised``: ``e`` is the recipe's own exception."""
     text = str(e)
+    if raised and "Traceback (most recent call last)" not in text and os.path.isfile(path or ""):
+        return (f"recipe file {path} failed to load (at import or in its get_config): "
+                f"{type(e).__name__}: {_one_line(e)}; fix the recipe")
+    if path is not None and not os.path.isfile(path):
+        return (f"recipe file {path} not found; give the path of a recipe, "
+                "e.g. --config=recipes/digits.py")
     if "Traceback (most recent call last)" in text:
         last = [l.strip() for l in text.strip().splitlines() if l.strip()][-1]
         if "get_config() takes" in last:
             return (f"the recipe's get_config takes no argument ({last}); drop ':ARG' "
                     "or --config.smoke (this recipe has no smoke settings)")
-        return f"cannot load the recipe file: {last}"
+        where = path or "the recipe file"
+        return (f"recipe file {where} failed to load (at import or in its get_config): "
+                f"{last}; fix the recipe")
     return text
 
 
