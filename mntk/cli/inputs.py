@@ -38,14 +38,6 @@ def _load_model(path):
                          f"{_one_line(e)[:200]}; give a model saved by mntk or Keras") from None
 
 
-def _run_tflite(path, x, batch_size=256):
-    """Final output of a float-io TFLite file on ``x`` (found by the graph's
-    structure, not by output name; see mntk.early_exit.outputs)."""
-    from mntk.early_exit.outputs import predict_tflite
-    _check_tflite(path, x)
-    return predict_tflite(path, x, batch_size)[1][-1]
-
-
 def _check_tflite(path, x):
     """A file LiteRT can load, whose input is the shape of ``x``'s examples."""
     from ai_edge_litert.interpreter import Interpreter
