@@ -9,6 +9,9 @@ from mntk import compat as _compat  # noqa: F401  (TF_USE_LEGACY_KERAS first)
 from mntk.quantization.api import (bit_widths, default_skip, freeze_precision,
                                    mean_weight_bits, quantize, quantized_weights)
 from mntk.quantization.binary import BinaryWeightQuantizer
+from mntk.quantization.bit_training import (BitWidthAdam, CrossEntropyWithLogitDistance, Phase,
+                                            PrecisionPhases, bits_step_open,
+                                            is_bit_width_variable)
 from mntk.quantization.learned import (ClipRange, GammaRange, LearnedPrecisionActivationQuantizer,
                                        LearnedPrecisionWeightQuantizer)
 from mntk.quantization.losses import CostTarget, Distillation, mean_learned_bits
@@ -23,5 +26,6 @@ __all__ = [
     "BinaryScheme", "TernaryWeightQuantizer", "LearnedPrecisionWeightQuantizer",
     "LearnedPrecisionActivationQuantizer", "BinaryWeightQuantizer", "GammaRange", "ClipRange",
     "MntkQuantizeConfig", "MntkQuantizeRegistry", "custom_objects", "CostTarget",
-    "Distillation", "mean_learned_bits",
+    "Distillation", "mean_learned_bits", "BitWidthAdam", "CrossEntropyWithLogitDistance",
+    "Phase", "PrecisionPhases", "bits_step_open", "is_bit_width_variable",
 ]

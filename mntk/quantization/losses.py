@@ -47,7 +47,9 @@ _MEASURES = ("score", "weight_bits", "bits")
 
 @keras.utils.register_keras_serializable(package="mntk")
 class CostTarget:
-    """Texas-EIC cost term: ``coefficient * sign(c - target) * c / target``.
+    """Texas-EIC cost term: ``coefficient * sign(c - target) * c / target``
+    (``relative=False``: ``coefficient * sign(c - target) * c``, the entry's
+    ``sign(M - 0.18) * beta * M``).
 
     Above target the term pushes ``c`` down; below target the sign flips and it
     pushes it up, so the model settles at the target instead of collapsing to
@@ -70,11 +72,14 @@ class CostTarget:
 
     Use: ``model.add_loss(CostTarget(q, score=0.18))`` (a callable with no
     arguments, as Keras ``add_loss`` accepts), or add ``term()`` to a custom
-    loss; ``value()`` is the current ``c``.
+    loss; ``value()`` is the current ``c``. ``coefficient`` may be a
+    ``tf.Variable`` (``mntk.quantization.PrecisionPhases.beta``), read at
+    every step.
     """
 
     def __init__(self, model=None, target=None, coefficient=0.1, measure=None,
-                 include_activations=False, score=None, bits=None, task="imagenet"):
+                 include_activations=False, score=None, bits=None, task="imagenet",
+                 relative=True):
         given = [n for n, v in (("target", target), ("score", score), ("bits", bits))
                  if v is not None]
         if len(given) > 1:
@@ -93,7 +98,9 @@ class CostTarget:
             raise ValueError(f"CostTarget: target={target!r} must be > 0.")
         self.model = model
         self.target = float(target)
-        self.coefficient = float(coefficient)
+        self.coefficient = coefficient if isinstance(coefficient, tf.Variable) \
+            else float(coefficient)
+        self.relative = bool(relative)
         self.measure = measure
         self.include_activations = bool(include_activations)
         self.task = task
@@ -116,10 +123,13 @@ class CostTarget:
     def __call__(self):
         current = self.value()
         sign = tf.stop_gradient(tf.sign(current - self.target))
-        return self.coefficient * sign * current / self.target
+        scaled = current / self.target if self.relative else current
+        return tf.cast(self.coefficient, scaled.dtype) * sign * scaled
 
     def get_config(self):
-        return {"target": self.target, "coefficient": self.coefficient,
+        coefficient = float(self.coefficient.numpy()) \
+            if isinstance(self.coefficient, tf.Variable) else self.coefficient
+        return {"target": self.target, "coefficient": coefficient, "relative": self.relative,
                 "measure": self.measure, "task": self.task,
                 "include_activations": self.include_activations}
 
