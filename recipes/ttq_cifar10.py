@@ -20,16 +20,14 @@ epoch 82, 0.001 at 123, 0.0002 at 300, 400 epochs, coupled L2 2e-4 on the
 conv and FC kernels, global batch 256 (128 on each of 2 GPUs, gradients
 averaged), pad-to-40 random crop + flip. TTQ starts from the float model:
 every kernel but the first conv (``stem_conv``) is ternarized, the FC layer
-included; threshold 0.05 * max|w| per layer; Wp = Wn = 1 at the start.
+included; threshold 0.05 * max|w| per layer; Wp = Wn = 1 at the start
+(``quantize.ternary_init="ones"``), weight-decayed with the kernels
+(``quantize.decay_scales``).
 
 Departures, and why:
 - Input scaling: ``mntk.data``'s per-channel mean/std instead of the code's
   image/128 - 1 and per-pixel mean subtraction (a fixed affine map of the
   input; the first conv and BN absorb it).
-- The code weight-decays Wp and Wn like the kernels; here the L2 term covers
-  the latent kernels only (the scales are quantizer variables).
-- mntk's TTQ quantizer starts Wp/Wn from the layer's data (the paper's
-  option) where the code starts them at 1.0.
 
 Stages: train (float) -> export (float/int8 TFLite of the float model) ->
 quantize (TTQ from it, int8 TFLite with ternary values verified by LiteRT).
@@ -101,6 +99,8 @@ def get_config(arg=None):
     c.quantize = ml_collections.ConfigDict()
     c.quantize.scheme = "ternary"
     c.quantize.threshold = 0.05
+    c.quantize.ternary_init = "ones"     # Wp = Wn = 1.0 at the start (ternary.py)
+    c.quantize.decay_scales = True       # Wp, Wn under the kernels' L2 2e-4 (ternary.py:30-53)
     c.quantize.skip = ("stem_conv",)   # the FC layer is ternarized too
     c.quantize.epochs = 400
     c.quantize.optimizer = "sgd"

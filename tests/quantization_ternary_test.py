@@ -72,7 +72,8 @@ def test_scales_initialise_from_mean_magnitude_of_each_side():
 
 
 def test_config_round_trip_and_validation():
-    q = mq.TernaryWeightQuantizer(threshold=0.1, init="ones", depthwise=True)
+    q = mq.TernaryWeightQuantizer(threshold=0.1, init="ones", depthwise=True,
+                                  decay_scales=True)
     clone = mq.TernaryWeightQuantizer.from_config(q.get_config())
     assert clone == q
     restored = keras.utils.deserialize_keras_object(
@@ -86,3 +87,57 @@ def test_cost_protocol():
     q = mq.TernaryWeightQuantizer()
     assert q.cost_bits({}) == 1.0
     assert q.cost_params({}) == 2
+
+
+def _ternary_scales(model):
+    return [v for v in model.trainable_variables
+            if v.name.split("/")[-1].split(":")[0].endswith(("_wp", "_wn"))]
+
+
+@pytest.mark.parametrize("decay_scales", [False, True])
+def test_official_code_options_ones_init_and_decayed_scales(decay_scales):
+    """The TTQ code's choices (ternary.py:30-53): Wp = Wn = 1.0 at the start,
+    and the scales under the same coupled L2 as the kernels."""
+    from _quantization_helpers import tiny_model
+    float_model = tiny_model()
+    kernels = [float_model.get_layer(n).get_weights()[0] for n in
+               ("stem", "dw", "pw", "fc", "logits")]
+    scheme = mq.TernaryScheme(init="ones", decay_scales=decay_scales, depthwise="same")
+    model = mq.quantize(float_model, scheme=scheme, skip=set())
+    scales = _ternary_scales(model)
+    assert len(scales) == 2 * 5   # every kernel ternarized: a Wp and a Wn each
+    np.testing.assert_array_equal([s.numpy() for s in scales], 1.0)  # not data-driven
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.2, 2.0, size=len(scales))
+    for s, v in zip(scales, values):
+        s.assign(v)
+    coefficient = 2e-4
+    mntk_l2 = __import__("mntk").regularizers.apply_l2
+    mntk_l2(model, coefficient, on="kernels")
+    got = float(tf.add_n(model.losses))
+    reference = sum(np.sum(k.astype(np.float64) ** 2) for k in kernels)
+    if decay_scales:
+        reference += np.sum(values.astype(np.float32).astype(np.float64) ** 2)
+    assert got == pytest.approx(coefficient / 2 * reference, rel=1e-5)
+    # the decay reaches the scales' gradients only with the option
+    with tf.GradientTape() as tape:
+        loss = tf.add_n(model.losses)
+    grads = tape.gradient(loss, scales)
+    if decay_scales:
+        np.testing.assert_allclose([g.numpy() for g in grads],
+                                   coefficient * values.astype(np.float32), rtol=1e-5)
+    else:
+        assert all(g is None for g in grads)
+
+
+def test_runner_fields_reach_the_scheme():
+    from mntk.train import schema
+    from mntk.train.stages.quantize import make_scheme
+    from recipes import ttq_cifar10
+    cfg = schema.resolve(ttq_cifar10.get_config("smoke")).quantize
+    quantizer = make_scheme(cfg).weight_quantizer(keras.layers.Dense(2), depthwise=False)
+    assert (quantizer.init, quantizer.decay_scales) == ("ones", True)
+    default = schema.resolve({"data": {"name": "digits"}, "stages": ("quantize",),
+                              "quantize": {"scheme": "ternary"}})
+    quantizer = make_scheme(default.quantize).weight_quantizer(keras.layers.Dense(2), False)
+    assert (quantizer.init, quantizer.decay_scales) == ("mean", False)

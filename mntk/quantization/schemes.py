@@ -251,7 +251,8 @@ class TernaryScheme(_MntkScheme):
     By default ``quantize`` keeps the first conv and the last Dense float, as TTQ did.
 
     Args:
-      threshold, init: see ``TernaryWeightQuantizer``.
+      threshold, init, decay_scales: see ``TernaryWeightQuantizer`` (the
+        official code: ``init="ones", decay_scales=True``).
       preserve_sparsity: keep a pruned model's zeros.
       depthwise: "int8" (default) quantizes DepthwiseConv2D kernels to 8 bits
         per channel instead of ternary: a 3x3 depthwise filter has only 9
@@ -262,9 +263,10 @@ class TernaryScheme(_MntkScheme):
     default_skip_first_last = True
 
     def __init__(self, threshold=0.05, init="mean", preserve_sparsity=True,
-                 depthwise="int8"):
+                 depthwise="int8", decay_scales=False):
         super().__init__()
         self.threshold, self.init = threshold, init
+        self.decay_scales = bool(decay_scales)
         self.preserve_sparsity = preserve_sparsity
         _check_depthwise("TernaryScheme", depthwise)
         self.depthwise = depthwise
@@ -274,7 +276,8 @@ class TernaryScheme(_MntkScheme):
         if depthwise and self.depthwise == "int8":
             return _int8_depthwise_quantizer(self.preserve_sparsity)
         return TernaryWeightQuantizer(self.threshold, self.init,
-                                      self.preserve_sparsity, depthwise=depthwise)
+                                      self.preserve_sparsity, depthwise=depthwise,
+                                      decay_scales=self.decay_scales)
 
 
 class BinaryScheme(_MntkScheme):

@@ -12,6 +12,12 @@ get theirs from autodiff (``dL/dWp = sum g over w > delta``,
 For exact int8 export, Wp and Wn are snapped (straight-through) to the grid of
 step ``s = max(Wp, Wn) / 127``, so the TFLite kernel holds exactly the three
 integers {-round(Wn/s), 0, +round(Wp/s)}.
+
+The official code (czhu95/ternarynet ternary.py:30-53) starts Wp = Wn = 1.0
+(``init="ones"``) and weight-decays them like the kernels: its L2 regex
+matches every ``.../W`` variable, the scales included (``decay_scales=True``:
+``mntk.regularizers.apply_l2(on="kernels")`` then adds
+``coefficient / 2 * (Wp^2 + Wn^2)`` per layer).
 """
 import numpy as np
 import tensorflow as tf
@@ -29,7 +35,11 @@ class TernaryWeightQuantizer(_Quantizer):
     Args:
       threshold: t in ``delta = t * max|w|`` (paper: 0.05).
       init: "mean" (Wp, Wn start at the mean magnitude of the weights above
-        / below +-delta) or "ones" (1.0, as in the paper's default).
+        / below +-delta) or "ones" (1.0, as in the paper's default and the
+        official code).
+      decay_scales: Wp and Wn count as kernels for the coupled L2 of
+        ``mntk.regularizers.apply_l2(on="kernels")``, as the official code
+        decays them. (``on="all"`` and ``"no_biases"`` cover them either way.)
       preserve_sparsity: multiply by a stored mask of the weight's zeros at
         quantize time, so a pruned model stays pruned.
       snap_to_int8: snap Wp, Wn onto the int8 grid (needed for exact export).
@@ -37,7 +47,7 @@ class TernaryWeightQuantizer(_Quantizer):
     """
 
     def __init__(self, threshold=0.05, init="mean", preserve_sparsity=True,
-                 snap_to_int8=True, depthwise=False):
+                 snap_to_int8=True, depthwise=False, decay_scales=False):
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(
                 f"TernaryWeightQuantizer: threshold={threshold!r} must be in "
@@ -50,6 +60,7 @@ class TernaryWeightQuantizer(_Quantizer):
         self.preserve_sparsity = bool(preserve_sparsity)
         self.snap_to_int8 = bool(snap_to_int8)
         self.depthwise = bool(depthwise)
+        self.decay_scales = bool(decay_scales)
 
     def build(self, tensor_shape, name, layer):
         _grid.keep_weight_order(layer)
@@ -59,6 +70,10 @@ class TernaryWeightQuantizer(_Quantizer):
         wn = layer.add_weight(name + "_wn", shape=(),
                               initializer=keras.initializers.Constant(1.0),
                               trainable=True)
+        if self.decay_scales:
+            # read by mntk.regularizers.l2 (a variable's name cannot say it:
+            # tfmot names the scales after the kernel, "kernel_wp")
+            wp._mntk_l2_as_kernel = wn._mntk_l2_as_kernel = True
         mask = _grid.build_sparsity_mask(layer, name, tensor_shape,
                                          self.preserve_sparsity)
         value = _grid.initial_value(layer, name)
@@ -124,4 +139,5 @@ class TernaryWeightQuantizer(_Quantizer):
     def get_config(self):
         return {"threshold": self.threshold, "init": self.init,
                 "preserve_sparsity": self.preserve_sparsity,
-                "snap_to_int8": self.snap_to_int8, "depthwise": self.depthwise}
+                "snap_to_int8": self.snap_to_int8, "depthwise": self.depthwise,
+                "decay_scales": self.decay_scales}

@@ -18,7 +18,10 @@ def _l2_wanted(variable, on):
         return True
     if on == "no_biases":     # OSI: every parameter but conv/dense biases and BN beta
         return name not in ("bias", "beta")
-    return name in ("kernel", "depthwise_kernel", "pointwise_kernel")   # TTQ: W only
+    # TTQ: W only, plus the quantizer scales flagged to decay like W
+    # (TernaryWeightQuantizer(decay_scales=True), the official code's choice)
+    return name in ("kernel", "depthwise_kernel", "pointwise_kernel") or \
+        bool(getattr(variable, "_mntk_l2_as_kernel", False))
 
 
 def apply_l2(model, coefficient, on="all", name="l2"):
@@ -31,7 +34,8 @@ def apply_l2(model, coefficient, on="all", name="l2"):
     Args:
       coefficient: the weight decay (KAIST 1e-5, OSI 1e-5, TTQ 2e-4).
       on: "all" trainable variables (KAIST), "no_biases" (OSI-AI: biases and
-        BN beta excluded, BN gamma kept) or "kernels" (the TTQ code's ``.*/W``).
+        BN beta excluded, BN gamma kept) or "kernels" (the TTQ code's ``.*/W``;
+        with ``TernaryWeightQuantizer(decay_scales=True)`` its Wp and Wn too).
       name: the metric name of the unscaled sum of squares.
 
     Returns: the list of variables covered.

@@ -238,6 +238,10 @@ FIELDS: Tuple[Field, ...] = (
     # quantize (learned-scheme bit fields: None is the scheme's own default)
     F("quantize.scheme", str, None, one_of(None, *SCHEMES), required_by="quantize"),
     F("quantize.threshold", float, 0.05, positive, doc="ternary threshold x max|w|"),
+    F("quantize.ternary_init", str, "mean", one_of("mean", "ones"),
+      doc="ternary Wp/Wn start: the layer's mean |w| per side, or 1.0 (the TTQ code)"),
+    F("quantize.decay_scales", bool, False,
+      doc="ternary Wp/Wn under the coupled L2 of the kernels (l2_on='kernels'; TTQ code)"),
     F("quantize.skip", object, "default", skip_layers, doc="layers left float"),
     F("quantize.init_bits", int, None, at_least(1)),
     F("quantize.min_bits", int, None, at_least(1)),

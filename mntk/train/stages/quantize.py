@@ -29,7 +29,9 @@ LEARNED_FIELDS = ("init_bits", "min_bits", "max_bits", "learn_activations",
 def make_scheme(cfg):
     """The ``mntk.quantization`` scheme named by ``quantize.scheme``."""
     if cfg.scheme == "ternary":
-        return quantization.TernaryScheme(threshold=float(cfg.threshold))
+        return quantization.TernaryScheme(threshold=float(cfg.threshold),
+                                          init=cfg.ternary_init,
+                                          decay_scales=bool(cfg.decay_scales))
     if cfg.scheme == "learned":
         # unset (None) fields keep LearnedPrecisionScheme's own defaults
         return quantization.LearnedPrecisionScheme(
