@@ -36,7 +36,9 @@ Pruning (Pruning/methods.py:9-26, train_32bit.py:138-231): GLOBAL magnitude
 threshold over every kernel of rank >= 2, in stages at 11.25, 22.5, 33.75,
 45, 50, 55, 60%, each stage 150 epochs at lr 0.1 cosine to 5e-4 with a
 fresh optimizer, masks from the current weights, then the stage-start
-(best) weights rewound; smoothing eps 0.1, SRIP and CutMix kept.
+(best) weights rewound; smoothing eps 0.1, SRIP, the coupled L2 and CutMix
+kept (also in a run resumed between the two stages: the prune stage attaches
+SRIP again to the reloaded model, ``mntk.train.objectives.restore_train_srip``).
 
 Departures, and why:
 - Label loss: the entry's default flag is plain cross-entropy and its README
@@ -46,9 +48,6 @@ Departures, and why:
 - Best-by-test-accuracy weights were kept per cycle by the entry; here the
   last weights of each cycle carry on (selecting on the test set is not done),
   and the pruning stages rewind to the best weights by validation accuracy.
-- SRIP and the coupled L2 stay attached to the model from the train stage into
-  the pruning stages; a run resumed between the two stages reloads the model
-  from disk, and then only the L2 term (a stage setting) comes back, not SRIP.
 - The pruning stages' masks and rewind state are not saved by the resume
   backup yet, so a run killed inside ``prune`` does not resume exactly.
 

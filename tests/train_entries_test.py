@@ -1,6 +1,7 @@
 """Runner pieces the entries' recipes need: equal cosine cycles with fresh
 optimizers, step schedules, coupled L2 once per model, the schema's new
-fields, qat8's weight copy back into the float model."""
+fields, qat8's weight copy back into the float model, SRIP and L2 carried
+into the global prune stage of a resumed run."""
 import math
 
 import numpy as np
@@ -79,3 +80,47 @@ def test_qat8_copies_trained_weights_back():
     copied = copy_qat_weights(model, qat)
     assert "conv" in copied and "logits" in copied
     np.testing.assert_array_equal(model.get_layer("conv").kernel.numpy(), trained)
+
+
+class _StopAtFit(keras.callbacks.Callback):
+    """Records ``model.losses`` when fit number ``at`` begins, then stops the
+    run (the prune stage's fit: no need to train or export it)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.fits, self.losses = at, 0, None
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
+        if self.fits == self.at:
+            self.losses = [float(v) for v in self.model.losses]
+            raise _Stopped()
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.slow   # a train stage and two starts of the prune stage: ~15 s CPU
+def test_kaist_srip_and_l2_come_back_when_resumed_between_train_and_prune(tmp_path):
+    """KAIST keeps SRIP and the coupled L2 on while pruning. A run resumed
+    between the train and prune stages reloads the model from disk; the prune
+    stage then trains under the same loss terms (same values: SRIP's fresh
+    power-iteration starts follow the training step count) as in one process."""
+    from mntk import train
+    from recipes import kaist_cifar100
+    config = kaist_cifar100.get_config("smoke")
+    config.verbose = 0
+    config.train.epochs, config.train.restart_cycles = 1, 1
+    config.train.max_steps_per_epoch = 2
+    config.prune.rates, config.prune.epochs, config.prune.restart_cycles = (0.5,), 1, 1
+    workdir = str(tmp_path / "run")
+    in_process = _StopAtFit(at=2)              # fit 1: train, fit 2: prune
+    with pytest.raises(_Stopped):
+        train.run(config, workdir, extra_callbacks=[in_process])
+    resumed = _StopAtFit(at=1)                 # train is done: prune's fit is the first
+    with pytest.raises(_Stopped):
+        train.run(config, workdir, extra_callbacks=[resumed])
+    assert len(in_process.losses) == 2         # SRIP, then the coupled L2
+    np.testing.assert_allclose(resumed.losses, in_process.losses, rtol=1e-6)
+    assert resumed.losses[0] > 0 and resumed.losses[1] > 0

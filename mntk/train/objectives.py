@@ -58,10 +58,7 @@ def attach_tricks(model, config) -> Tuple[Dict[str, Any], Any, List]:
     loss = base_loss(config)
     srip_cfg = config.tricks.srip
     if srip_cfg.enabled:
-        srip = regularizers.apply_srip(
-            model, float(srip_cfg.coefficient), layers=srip_cfg.layers,
-            power_iterations=int(srip_cfg.power_iterations), squared=bool(srip_cfg.squared),
-            reduction=srip_cfg.reduction, gram=srip_cfg.gram, vector=srip_cfg.vector)
+        srip = attach_srip(model, config)
         if srip_cfg.schedule:
             callbacks.append(callbacks_lib.CoefficientSchedule(srip_cfg.schedule, target=srip))
         summary["srip"] = dict(srip_cfg.items())
@@ -74,6 +71,40 @@ def attach_tricks(model, config) -> Tuple[Dict[str, Any], Any, List]:
         summary["adaptive_smoothing"] = {"epsilon": float(als_cfg.epsilon),
                                          "refresh": als_cfg.refresh}
     return summary, loss, callbacks
+
+
+def attach_srip(model, config):
+    """``tricks.srip`` on ``model`` (``mntk.regularizers.apply_srip``); the
+    regularizer is kept as ``model._mntk_srip``, so a later stage can tell
+    whether the model it trains still carries it."""
+    cfg = config.tricks.srip
+    srip = regularizers.apply_srip(
+        model, float(cfg.coefficient), layers=cfg.layers,
+        power_iterations=int(cfg.power_iterations), squared=bool(cfg.squared),
+        reduction=cfg.reduction, gram=cfg.gram, vector=cfg.vector)
+    model._mntk_srip = srip
+    return srip
+
+
+def restore_train_srip(model, config, train_steps: int):
+    """Attach the train stage's SRIP again to a model that lost it by being
+    reloaded from disk (a run resumed between ``train`` and a stage that
+    trains the same model on, the global ``prune``): ``apply_srip``'s loss is
+    a training-time addition that no saved model carries. In one process the
+    model still carries it and nothing is done. ``train_steps``: the training
+    steps the train stage took; fresh power-iteration starts are drawn from
+    the step count (``vector="fresh"``), so the resumed stage draws what the
+    uninterrupted one would. (Persistent vectors start over from their
+    initial values: they are not part of the saved model.)
+
+    Returns the regularizer attached now, or None."""
+    if not config.tricks.srip.enabled or "train" not in config.stages or \
+            getattr(model, "_mntk_srip", None) is not None:
+        return None
+    srip = attach_srip(model, config)
+    if getattr(srip, "fresh_step", None) is not None:
+        srip.fresh_step.assign(int(train_steps))
+    return srip
 
 
 @keras.utils.register_keras_serializable(package="mntk")

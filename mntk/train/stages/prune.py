@@ -17,7 +17,8 @@ from mntk import export, global_pruning, losses, pruning, wrapped
 from mntk.train.errors import RecipeError
 from mntk.train.evaluation import cost_summary, evaluate, tflite_figures, verify_examples
 from mntk.train.fit import fit
-from mntk.train.objectives import base_loss, classifier_layer, compile_model
+from mntk.train.objectives import base_loss, classifier_layer, compile_model, \
+    restore_train_srip
 from mntk.train.schema import section_train_config
 from mntk.train.summary import PruningFigures, StageSummary
 
@@ -47,6 +48,10 @@ def _global_prune_stage(ctx, config, cfg, stage_cfg) -> StageSummary:
             model, stages={i * per: r for i, r in enumerate(rates)},
             normalize=None if cfg.normalize == "none" else cfg.normalize,
             rewind=None if cfg.rewind == "none" else cfg.rewind, monitor="val_accuracy")
+        # SRIP stays on from the train stage (KAIST), also when the model was
+        # reloaded from disk (a resumed run); the coupled L2 comes back in
+        # compile_model, after it, in the same order as in one process
+        restore_train_srip(model, config, int(config.train.epochs) * n_steps)
         loss = base_loss(config)
         if cfg.smoothing_epsilon:
             loss = losses.AdaptiveLabelSmoothing(classifier_layer(model, config),
