@@ -36,6 +36,14 @@ Carbin 2019); ``rewind=None`` keeps the current weights (OSI).
     gp.prune(0.6, rewind_to="best.weights.h5")
     model.fit(..., callbacks=[gp])
 
+Pruning part of a model on top of an earlier pruning (OSI-AI's exit head,
+pruned after the backbone was): ``layers`` chooses what is ranked and newly
+pruned, ``hold_zeros=True`` keeps every other prunable weight's zeros (masks
+from them, re-applied after every step, never recomputed)::
+
+    heads = mntk.early_exit.exit_head_layers(multi)
+    gp = GlobalPruning(multi, stages={0: 0.1, 600: 0.2}, layers=heads, hold_zeros=True)
+
 Resuming: ``gp.variables`` (masks, stage counter, rewind snapshot, best metric)
 are ``tf.Variable``s; checkpoint them beside the model (the runner's
 ``StateBackup``). ``GlobalPruning.masks_from_zeros(model)`` rebuilds masks from
@@ -166,12 +174,19 @@ class GlobalPruning(keras.callbacks.Callback):
         (reload the weights the finished stage started from).
       layers: layers to prune (None: all; names; or a predicate).
       monitor, mode: the epoch-log metric "best" tracks and its direction.
+      hold_zeros: the prunable weights of the layers NOT chosen by ``layers``
+        keep the zeros they have when the model is set (a pruned backbone
+        under newly pruned exit heads): fixed masks, applied with the others.
     """
 
     def __init__(self, model=None, stages=None, normalize=None, rewind=None,
-                 layers=None, monitor="val_accuracy", mode="max"):
+                 layers=None, monitor="val_accuracy", mode="max", hold_zeros=False):
         super().__init__()
         _check(0.0, normalize)
+        if hold_zeros and layers is None:
+            raise ValueError("GlobalPruning(hold_zeros=True) holds the zeros of the layers "
+                             "not pruned, so it needs layers= (names or a predicate).")
+        self.hold_zeros = bool(hold_zeros)
         if rewind not in REWIND_MODES:
             raise ValueError(f"GlobalPruning: rewind={rewind!r}; use one of {REWIND_MODES}.")
         if mode not in ("max", "min"):
@@ -206,6 +221,11 @@ class GlobalPruning(keras.callbacks.Callback):
                 f"one for model {model.name!r}.")
         self._built_for = model
         self._targets = prunable_weights(model, self.layers)
+        self._held = []
+        if self.hold_zeros:
+            chosen = {v.ref() for _, v in self._targets}
+            everything = prunable_weights(model)
+            self._held = [(n, v) for n, v in everything if v.ref() not in chosen]
         # Variables are created where the model's are, so a strategy mirrors them.
         with model.distribute_strategy.scope():
             self.masks = [tf.Variable(tf.ones(v.shape, v.dtype), trainable=False,
@@ -213,6 +233,9 @@ class GlobalPruning(keras.callbacks.Callback):
                           for i, (_, v) in enumerate(self._targets)]
             self.stage = tf.Variable(0, dtype=tf.int64, trainable=False,
                                      name="global_pruning_stage")
+            self.held_masks = [tf.Variable(tf.cast(tf.not_equal(v, 0), v.dtype),
+                                           trainable=False, name=f"held_mask_{i}")
+                               for i, (_, v) in enumerate(self._held)]
             self.snapshot, self.best = [], None
             if self.rewind is not None:
                 self.snapshot = [tf.Variable(v, trainable=False, name=f"rewind_{i}")
@@ -224,12 +247,14 @@ class GlobalPruning(keras.callbacks.Callback):
 
     @property
     def variables(self) -> List[tf.Variable]:
-        """Everything a resumed run needs: masks, stage counter, snapshot, best."""
+        """Everything a resumed run needs: masks, stage counter, snapshot, best
+        (and the held masks, ``hold_zeros``)."""
         out = list(self.masks) + [self.stage] + list(self.snapshot)
-        return out + ([self.best] if self.best is not None else [])
+        return out + ([self.best] if self.best is not None else []) + list(self.held_masks)
 
     def _apply_masks(self):
-        for (_, variable), mask in zip(self._targets, self.masks):
+        for (_, variable), mask in zip(self._targets + self._held,
+                                       self.masks + self.held_masks):
             variable.assign(variable * mask)
 
     def apply(self):
@@ -339,7 +364,8 @@ class GlobalPruning(keras.callbacks.Callback):
         layers = self.layers if self.layers is None or isinstance(self.layers, str) \
             else list(self.layers)
         return {"stages": self.stages, "normalize": self.normalize, "rewind": self.rewind,
-                "layers": layers, "monitor": self.monitor, "mode": self.mode}
+                "layers": layers, "monitor": self.monitor, "mode": self.mode,
+                "hold_zeros": self.hold_zeros}
 
     @classmethod
     def from_config(cls, config, model=None):

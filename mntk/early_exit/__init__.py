@@ -15,10 +15,10 @@ from mntk.early_exit.graph import build_segments
 from mntk.early_exit.heads import MixedPooling2D, linear_head, osi_head, sdn_head
 from mntk.early_exit.runner import EarlyExitRunner
 from mntk.early_exit.training import (ExitWeightedLoss, ExitWeightRamp,
-                                      compile_exits, freeze_backbone)
+                                      compile_exits, exit_head_layers, freeze_backbone)
 
 __all__ = [
-    "add_exits", "exit_fractions", "compile_exits", "freeze_backbone",
+    "add_exits", "exit_fractions", "compile_exits", "freeze_backbone", "exit_head_layers",
     "ExitWeightedLoss", "ExitWeightRamp", "calibrate", "Calibration",
     "confidence", "exit_indices", "evaluate", "EarlyExitRunner",
     "build_segments", "MixedPooling2D", "osi_head", "sdn_head", "linear_head",

@@ -155,6 +155,18 @@ def freeze_backbone(multi, bn_trainable=False):
 _freeze = freeze_backbone  # compile_exits' argument shadows the name
 
 
+def exit_head_layers(multi):
+    """Names of the exit heads' layers of a multi-exit model (outputs
+    ``[exit_0, ..., final]``): the layers some exit output uses and the final
+    output does not, in the model's layer order. To prune only the heads:
+    ``mntk.global_pruning.GlobalPruning(multi, layers=exit_head_layers(multi),
+    hold_zeros=True)``."""
+    graph.exit_structure(multi)  # validates the multi-exit layout
+    backbone = graph.ancestor_nodes([multi.outputs[-1]])
+    heads = {id(node.layer) for node in graph.ancestor_nodes(multi.outputs[:-1]) - backbone}
+    return [layer.name for layer in multi.layers if id(layer) in heads]
+
+
 def _from_logits(loss):
     loss = keras.losses.get(loss)
     config = loss.get_config() if hasattr(loss, "get_config") else {}
