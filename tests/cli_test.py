@@ -86,6 +86,7 @@ def test_help_lists_subcommands_and_flags(capsys):
     assert status == 0 and "--workdir" in out and "--config" in out
 
 
+@pytest.mark.slow
 def test_config_override_reaches_the_model(capsys):
     """`cost` of the recipe's model: halving the width must shrink the count."""
     reports = []
@@ -110,6 +111,7 @@ def test_human_summary_of_a_run(tmp_path_factory):
     assert "early exit at block1_out" in text and "pruned to 50%" in text
 
 
+@pytest.mark.slow
 def test_the_command_runs_as_a_process():
     """The real `python -m mntk.cli`: a bad override fails in one line."""
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -118,6 +118,7 @@ def test_exit_rates_validation(rates, match):
         mntk.cost.estimate(exit_model(), exit_rates=rates)
 
 
+@pytest.mark.slow
 def test_pruned_model_reads_masked_weights():
     model = small_cnn()
     pruned = tfmot.sparsity.keras.prune_low_magnitude(
@@ -140,6 +141,7 @@ def test_pruned_model_reads_masked_weights():
     assert row.sparsity == pytest.approx((effective == 0).mean())
 
 
+@pytest.mark.slow
 def test_tfmot_default_8bit_model():
     model = small_cnn()
     q = tfq.quantize_model(model)

@@ -37,6 +37,7 @@ def dense_chain():
     return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x), name="chain")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["osi", "sdn", "linear"])
 def test_outputs_shapes_and_shared_backbone(head):
     model = conv_backbone()

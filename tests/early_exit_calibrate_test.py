@@ -5,6 +5,7 @@ import pytest
 import mntk
 from mntk.compat import keras
 from mntk.early_exit import Calibration, calibrate, confidence, evaluate, exit_indices
+from _marks import fast_first
 
 
 @pytest.fixture
@@ -44,8 +45,8 @@ def test_exit_rule_first_passing_exit(criterion):
         assert got[n] == expected
 
 
-@pytest.mark.parametrize("criterion", ["max_softmax", "entropy"])
-@pytest.mark.parametrize("rate", [0.1, 0.3, 0.6])
+@pytest.mark.parametrize("criterion", fast_first(["max_softmax", "entropy"]))
+@pytest.mark.parametrize("rate", fast_first([0.3, 0.1, 0.6]))
 def test_exit_rate_hit_within_one_point(trained, criterion, rate):
     multi, data = trained
     cal = calibrate(multi, data, criterion=criterion, exit_rate=rate)
@@ -140,6 +141,7 @@ def _numpy_outcome(outputs, labels, thresholds, exit_ops, fallback):
     return float(np.mean(preds == labels)), rates, float(rates @ np.asarray(exit_ops))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fallback", ["final", "most_confident"])
 def test_per_exit_thresholds_at_least_as_good_as_shared(trained, fallback):
     multi, data = trained

@@ -46,6 +46,7 @@ def test_total_loss_is_weighted_sum():
                                0.3 * sparse_ce(exit_logits, y), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn_trainable", [False, True])
 def test_frozen_backbone_unchanged(bn_trainable):
     model = backbone()
@@ -71,6 +72,7 @@ def test_frozen_backbone_unchanged(bn_trainable):
         assert not np.allclose(a, b.numpy())
 
 
+@pytest.mark.slow
 def test_ramp_schedule_and_variables():
     ramp = ExitWeightRamp([0.25, 0.5, 1.0], epochs=3, start=0.01)
     # numpy reference: start + (tau - start) * e / (epochs - 1); final fixed.
@@ -107,6 +109,7 @@ def test_sdn_ramp_uses_cost_fractions():
                                [exit_ops[0] / exit_ops[1], 1.0])
 
 
+@pytest.mark.slow
 def test_osi_and_adaptive_smoothing_losses_per_exit(tmp_path):
     multi = add_exits(backbone(), at=["block1_out"], head="osi")
     smoothing = mntk_losses.AdaptiveLabelSmoothing(multi.get_layer("logits"),
@@ -169,6 +172,7 @@ def _assert_untouched(model, snapshot):
     assert len(model.losses) == losses and model.to_json() == config
 
 
+@pytest.mark.slow
 def test_add_and_compile_exits_leave_the_model_untouched():
     model = backbone()
     before = _snapshot(model)

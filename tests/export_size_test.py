@@ -6,6 +6,7 @@ import mntk.quantization as mq
 from _quantization_helpers import tiny_model
 
 
+@pytest.mark.slow
 def test_size_report_matches_cost_param_bits(tmp_path):
     q = mq.quantize(tiny_model(), scheme=mq.TernaryScheme(), skip=[])
     result = mntk.export.to_tflite(q, tmp_path / "t.tflite", quantize="int8",

@@ -91,6 +91,7 @@ def test_pruned_float_export_is_sparse_and_exact(pruned, tmp_path):
     assert reference.agreement == 1.0 and reference.max_abs_diff < 1e-4
 
 
+@pytest.mark.slow
 def test_pruned_int8_export_is_sparse_or_says_why(pruned, tmp_path, capfd):
     model, (x, y) = pruned
     result = export.to_tflite(model, tmp_path / "int8.tflite", quantize="int8",

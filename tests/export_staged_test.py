@@ -7,6 +7,7 @@ import pytest
 
 from mntk import export
 from mntk.early_exit import EarlyExitRunner, calibrate
+from _marks import fast_first
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def test_float_staged_equals_keras_runner(setup, tmp_path):
     assert len(runner.latencies_ms) == len(x)
 
 
+@pytest.mark.slow
 def test_int8_staged_agrees(setup, tmp_path):
     multi, cal, x, y, representative = setup
     export.to_tflite_staged(multi, cal, str(tmp_path), quantize="int8",
@@ -48,6 +50,7 @@ def test_int8_staged_agrees(setup, tmp_path):
     assert np.mean(exits == keras_exits) >= 0.95
 
 
+@pytest.mark.slow
 def test_single_file_multi_output_tflite(setup, tmp_path):
     multi, _, x, y, _ = setup
     result = export.to_tflite(multi, str(tmp_path / "all_exits.tflite"),
@@ -85,7 +88,7 @@ def _reference(outputs, thresholds, fallback):
     return stop, answer
 
 
-@pytest.mark.parametrize("fallback", ["final", "most_confident"])
+@pytest.mark.parametrize("fallback", fast_first(["final", "most_confident"]))
 def test_batched_runner_equals_per_sample(setup, tmp_path, fallback):
     multi, cal, x, _, _ = setup
     dense = [np.asarray(o) for o in multi.predict(x[:150], verbose=0)]

@@ -9,6 +9,7 @@ from mntk.compat import keras
 from mntk import export
 from mntk.export.verify import dequantize_output, quantize_input
 from _models import compile_classifier, small_cnn
+from _marks import fast_first
 
 layers = keras.layers
 
@@ -42,6 +43,7 @@ def test_float_export_matches_keras_exactly(trained_cnn, digits_split, tmp_path)
     assert not any(t["dtype"] == np.int8 for t in tensors)
 
 
+@pytest.mark.slow
 def test_dynamic_export_stores_int8_weights(trained_cnn, digits_split, tmp_path):
     float_file = export.to_tflite(trained_cnn, tmp_path / "f.tflite", progress=False)
     result = export.to_tflite(trained_cnn, tmp_path / "d.tflite", quantize="dynamic",
@@ -63,8 +65,8 @@ def _single_samples(x, y):
     return (sample for sample in x)
 
 
-@pytest.mark.parametrize("form", [lambda x, y: x, _as_dataset, _single_samples],
-                         ids=["numpy", "dataset_xy", "generator_single"])
+@pytest.mark.parametrize("form", fast_first([lambda x, y: x, _as_dataset, _single_samples],
+                                             ids=["numpy", "dataset_xy", "generator_single"]))
 def test_int8_export_is_integer_and_agrees(trained_cnn, digits_split, tmp_path, form):
     (x_train, y_train), test = digits_split
     result = export.to_tflite(trained_cnn, tmp_path / "q.tflite", quantize="int8",
@@ -138,6 +140,7 @@ def test_multi_output_outputs_are_matched_by_name(digits_split, tmp_path):
     assert shared["zeta"].accuracy_keras == pytest.approx(parity["zeta"].accuracy_keras)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("naming", ["list", "custom"])
 def test_multi_output_files_from_other_converters(digits_split, tmp_path, naming):
     model = _three_output_model()
@@ -182,6 +185,7 @@ def test_lazy_reexports_resolve_or_raise():
         export.no_such_name
 
 
+@pytest.mark.slow
 def test_agreement_against_another_model_matches_numpy(trained_cnn, digits_split, tmp_path):
     other = _fit(small_cnn(name="other"), (digits_split[0][0][:300], digits_split[0][1][:300]), 1)
     path = export.to_tflite(trained_cnn, tmp_path / "a.tflite", progress=False).path
@@ -194,6 +198,7 @@ def test_agreement_against_another_model_matches_numpy(trained_cnn, digits_split
     assert parity.accuracy_tflite is None and parity.accuracy_keras is None
 
 
+@pytest.mark.slow
 def test_qat_model_exports_int8_without_representative_data(digits_split, tmp_path):
     import tensorflow_model_optimization as tfmot
     float_model = small_cnn(name="qat_base", se=False)  # tfmot has no Multiply config

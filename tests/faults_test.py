@@ -241,6 +241,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert not os.path.exists(tmp_path / ".lock")
 
 
+@pytest.mark.slow
 def test_diverged_run_keeps_the_last_good_epoch(tmp_path):
     """Epoch 0 trains, epoch 1 diverges (a kernel set to NaN): the run fails
     naming the stage, epoch and weight, and the backup still holds epoch 0."""

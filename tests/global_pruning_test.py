@@ -91,6 +91,7 @@ def test_layer_normalized_variant():
     assert any((raw[n] != expected[n]).any() for n in KERNELS)
 
 
+@pytest.mark.slow
 def test_masks_stay_zero_through_fit():
     x, y = _data()
     model = _compiled(tiny_model())
@@ -133,6 +134,7 @@ class _FakeMetric(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("rewind", ["stage_start", "best",
                                     pytest.param(None, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_stages_rewind_to_the_stage_start_weights(rewind):
     x, y = _data()
     model = _compiled(tiny_model())

@@ -172,6 +172,7 @@ def test_refresh_callback_recomputes_each_epoch_in_fit():
     assert not np.allclose(seen[0][0], seen[-1][0])
 
 
+@pytest.mark.slow
 def test_one_of_several_losses_of_a_multi_output_model():
     model = two_exit_model()
     exit_loss = L.AdaptiveLabelSmoothing(model.get_layer("exit1"), epsilon=0.2, refresh="step")
@@ -203,6 +204,7 @@ def test_get_config_round_trip_and_bind():
         L.AdaptiveLabelSmoothing("nope", num_classes=C).bind(model)
 
 
+@pytest.mark.slow
 def test_compiled_model_saves_and_loads_with_same_loss(tmp_path):
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dense(C, name="logits")(inputs))

@@ -207,6 +207,7 @@ def test_ghost_batchnorm_training_matches_numpy():
     np.testing.assert_allclose(inf, ref_inf, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ghost_batchnorm_round_trip_and_fit(tmp_path):
     inputs = keras.Input((4, 4, 2))
     x = keras.layers.Conv2D(3, 1)(inputs)

@@ -5,6 +5,7 @@ import pytest
 import mntk
 import mntk.models as mm
 from mntk.compat import keras
+from _marks import fast_first
 
 COUNTABLE = {"InputLayer", "Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization",
              "Activation", "GlobalAveragePooling2D", "Add", "Multiply", "Dropout",
@@ -91,6 +92,7 @@ def test_digits_cnn_default_signature():
     assert model.count_params() == 26650 == digits_cnn_params(16, 1, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [20, 32])
 def test_resnet_cifar_params_match_hand_count(depth):
     model = mm.resnet_cifar(depth)
@@ -147,6 +149,7 @@ def test_hard_swish_matches_numpy_and_round_trips(tmp_path):
     np.testing.assert_allclose(loaded(data).numpy(), model(data).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_efficientnet_cifar_exit_point_and_layers():
     model = mm.efficientnet_cifar(num_classes=10, width_multiplier=0.25,
                                   depth_multiplier=0.5, head_filters=128)
@@ -169,6 +172,7 @@ DEFAULT_BUILDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,input_shape,classes", DEFAULT_BUILDS)
 def test_registry_builds_at_default_size(name, input_shape, classes):
     model = mm.get(name)
@@ -187,14 +191,14 @@ def test_efficientnet_b0_matches_keras_application_count():
     assert ours.count_params() == ref.count_params() - normalization
 
 
-@pytest.mark.parametrize("model", [
+@pytest.mark.parametrize("model", fast_first([
     lambda: mm.digits_cnn(),
     lambda: mm.resnet_cifar(20),
     lambda: mm.kaist_mobilenet((16, 16, 3), 10, stem_filters=8, stages=((8, 2, 1), (16, 1, 2))),
     lambda: mm.mobilenet_v2_cifar(num_classes=10, width_multiplier=0.25, head_filters=64),
     lambda: mm.efficientnet_cifar(num_classes=10, width_multiplier=0.25, depth_multiplier=0.5,
                                   head_filters=64),
-])
+]))
 def test_cost_counter_counts_every_layer(model):
     m = model()
     report = mntk.cost.estimate(m)

@@ -1,6 +1,6 @@
 """Scaling out and resuming: two MultiWorkerMirroredStrategy workers on
 127.0.0.1 train to identical weights; a killed pair restarts from
-BackupAndRestore; a multi-stage run killed in a later stage resumes there."""
+BackupAndRestore (a run killed in a later stage: tests/faults_test.py)."""
 import json
 import os
 import socket
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from mntk import train
-from mntk.compat import keras
 
 pytestmark = pytest.mark.slow
 
@@ -145,51 +144,3 @@ def test_killed_pair_resumes_from_backup(straight_pair, tmp_path):
     with open(os.path.join(stage, "history.csv")) as f:
         rows = f.read().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(EPOCHS)]
-
-
-class KillAfter(keras.callbacks.Callback):
-    """Counts training batches over every stage; raises at the n-th."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.seen = n, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt("killed by test")
-
-
-def test_multi_stage_run_killed_in_a_later_stage_resumes_there(tmp_path, capsys):
-    from recipes import digits
-    c = digits.get_config()
-    c.stages = ("train", "prune")
-    c.verbose = 0
-    c.train.epochs, c.prune.epochs = 1, 2
-    c.data.batch_size = 64
-    steps = (1797 * 6 // 10) // 64            # digits recipe: 60% of 1797 for training
-    workdir = str(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        # train (1 epoch) done, prune dies in its second epoch
-        train.run(c, workdir, extra_callbacks=[KillAfter(steps + steps + 2)])
-    train_stage = os.path.join(workdir, "stages", "0_train")
-    prune_stage = os.path.join(workdir, "stages", "1_prune")
-    assert os.path.exists(os.path.join(train_stage, "summary.json"))
-    assert not os.path.exists(os.path.join(prune_stage, "summary.json"))
-    assert train.saved_epoch(os.path.join(prune_stage, "backup")) == 1
-    trained = os.path.getmtime(os.path.join(train_stage, "model.keras"))
-    capsys.readouterr()
-
-    summary = train.run(c, workdir)
-    out = capsys.readouterr().out
-    assert "stage 0 'train' already done" in out
-    assert os.path.getmtime(os.path.join(train_stage, "model.keras")) == trained
-    with open(os.path.join(prune_stage, "history.csv")) as f:
-        rows = f.read().strip().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]   # epoch 0 kept, 1 redone
-    assert summary.pruning.target == 0.5
-    # tfmot leaves depthwise kernels dense; every other kernel reached the target
-    sparsity = summary.pruning.sparsity
-    pruned = {k: v for k, v in sparsity.items() if "_dw" not in k}
-    assert len(pruned) >= 10
-    assert all(v == pytest.approx(0.5, abs=0.05) for v in pruned.values()), sparsity

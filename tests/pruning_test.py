@@ -7,6 +7,7 @@ import mntk.quantization as mq
 from _quantization_helpers import compile_model, tiny_model
 
 
+@pytest.mark.slow
 def test_short_run_reaches_target_and_ternary_keeps_zeros(digits_split):
     x, y = (a[:256] for a in digits_split[0])
     pruned = compile_model(mntk.pruning.prune(tiny_model(), target=0.6,

@@ -104,6 +104,7 @@ def test_ternary_effective_kernels_have_three_values():
         assert len(np.unique(kernel)) <= 3, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", [mq.TernaryScheme, mq.BinaryScheme])
 def test_depthwise_kernels_default_to_8_bits(scheme):
     q = mq.quantize(tiny_model(), scheme=scheme(), skip=[])
@@ -137,6 +138,7 @@ def test_binary_has_two_values_per_channel():
     assert all(len(np.unique(dw[:, c])) == 2 for c in range(8))
 
 
+@pytest.mark.slow
 def test_default_skip_keeps_first_conv_and_last_dense_float():
     model = tiny_model()
     assert mq.default_skip(model) == {"stem", "stem_bn", "logits"}
@@ -193,6 +195,7 @@ def test_refuses_subclassed_and_non_keras_flattens_nested():
         mq.quantize(tiny_model(), scheme="int4")
 
 
+@pytest.mark.slow
 def test_cost_counts_ternary_layer_at_two_multiplies_per_output():
     q = mq.quantize(tiny_model(), scheme=mq.TernaryScheme(), skip=[])
     report = mntk.cost.estimate(q)
@@ -215,6 +218,7 @@ def _preprocessed_model():
     return keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="pre")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skip", [None, ["norm"]])
 def test_quantize_keeps_preprocessing_float_with_its_state_and_the_model_untouched(
         skip, tmp_path, digits_split):

@@ -81,6 +81,7 @@ def test_soft_max_forward_max_gradient_point_three_point_seven():
     np.testing.assert_allclose(ga.numpy(), [0.7, 0.7])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_score_at_integer_bits_equals_cost_estimate(seed, digits_split):
     rng = np.random.default_rng(seed)

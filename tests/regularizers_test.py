@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from mntk import regularizers as R
 from mntk.compat import keras
+from _marks import fast_first
 
 # (layer factory, kernel shape) for square, tall and wide W of each layer kind.
 # Conv2D (kh, kw, cin, cout) -> W (kh*kw*cin, cout); depthwise (kh, kw, C, m)
@@ -48,7 +49,7 @@ def np_sigma(w):
     return by_eig
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", fast_first(sorted(CASES)))
 def test_srip_converged_estimate_equals_exact_sigma(case):
     _, kernel = built_kernel(case)
     w = np_matrix(kernel, case)
@@ -138,6 +139,7 @@ def test_gradient_flows_to_kernel(cls):
     assert grad is not None and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
+@pytest.mark.slow
 def test_srip_gradient_equals_analytic_eigenvector_gradient():
     # sigma = |lambda| of M = W^T W - I with eigenvector v: d sigma / dW = 2 sign(lambda) W v v^T.
     _, kernel = built_kernel("dense_tall", seed=4)
@@ -222,6 +224,7 @@ def test_apply_srip_errors_name_the_problem():
         R.apply_srip(model, 1e-2)
 
 
+@pytest.mark.slow
 def test_apply_srip_adds_loss_and_logged_metric():
     model = small_model()
     srip = R.apply_srip(model, 0.0, layers="conv", power_iterations=200)
@@ -247,6 +250,7 @@ def test_apply_srip_lowers_srip_during_training():
     assert history["srip"][-1] < 0.8 * history["srip"][0]
 
 
+@pytest.mark.slow
 def test_mean_reduction_divides_by_layer_count():
     model = small_model()
     summed = R.apply_srip(model, 1.0, power_iterations=300, name="srip_sum")
@@ -256,6 +260,7 @@ def test_mean_reduction_divides_by_layer_count():
     assert mean.layer_names == summed.layer_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", ["prune", pytest.param("quantize", marks=pytest.mark.slow)])
 def test_apply_srip_reaches_latent_kernels_in_tfmot_wrappers(wrap):
     import tensorflow_model_optimization as tfmot
@@ -306,6 +311,7 @@ def test_mirrored_strategy_matches_one_replica(mode):
         np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_with_srip_kernel_regularizer_saves_and_loads(tmp_path):
     model = small_model(R.SRIP(0.1, power_iterations=100))
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -328,6 +334,7 @@ def test_orthogonality_regularizers_finds_layer_and_attached():
     assert found == [shared, attached]
 
 
+@pytest.mark.slow
 def test_apply_srip_model_saves_and_loads_without_the_attachment(tmp_path):
     model = small_model()
     R.apply_srip(model, 0.1)

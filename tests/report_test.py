@@ -394,6 +394,7 @@ def test_digits_report_has_every_section_and_its_figures(copy_of):
     assert f"| MicroNet score (cifar100) | {last_cost(summary)['score']:.6f} |" in md
 
 
+@pytest.mark.slow
 def test_leaderboard_only_for_a_run_on_the_tasks_own_data(copy_of):
     workdir = as_if_on_cifar100(copy_of(DIGITS))
     summary = read_json(os.path.join(workdir, "summary.json"))
@@ -409,6 +410,7 @@ def test_leaderboard_only_for_a_run_on_the_tasks_own_data(copy_of):
     assert f"| MicroNet score (cifar100) | {last_cost(summary)['score']:.6f} |" in md
 
 
+@pytest.mark.slow
 def test_stage_table_lists_each_stage_figures(copy_of):
     workdir = copy_of(DIGITS)
     md = open(report.write_report(workdir)[0]).read()
@@ -445,6 +447,7 @@ def test_plain_run_leaves_out_early_exit_pruning_and_quantization(copy_of):
     assert "report_early_exit.png" not in {os.path.basename(p) for p in paths}
 
 
+@pytest.mark.slow
 def test_missing_pieces_leave_their_sections_out(copy_of):
     workdir = copy_of(DIGITS)
     report.write_report(workdir)
@@ -525,6 +528,7 @@ def as_if_on_cifar100(workdir):
     return workdir
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_with_embedded_images(copy_of):
     workdir = as_if_on_cifar100(copy_of(DIGITS))
     paths = report.write_report(workdir, html=True)

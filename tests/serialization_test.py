@@ -8,9 +8,10 @@ import pytest
 import mntk
 import mntk.quantization as mq
 from _quantization_helpers import compile_model, tiny_model
+from _marks import fast_first
 
 
-@pytest.mark.parametrize("scheme", ["ternary", "learned", "binary", "int8"])
+@pytest.mark.parametrize("scheme", fast_first(["learned", "ternary", "binary", "int8"]))
 def test_quantized_model_saves_and_loads_with_same_outputs(scheme, tmp_path, digits_split):
     chosen = {"ternary": mq.TernaryScheme(), "binary": mq.BinaryScheme(),
               "learned": mq.LearnedPrecisionScheme(init_bits=4), "int8": "int8"}[scheme]

@@ -9,26 +9,12 @@ import tensorflow as tf
 
 import _runs
 from mntk import train
-from mntk.compat import keras
 from mntk.train.summary import RunSummary, StageSummary
 
 
 @pytest.fixture
 def all_stages(tmp_path_factory):
     return _runs.all_stages(tmp_path_factory)
-
-
-class KillAfter(keras.callbacks.Callback):
-    """Simulates a crash: raises after ``n`` training batches in all."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.seen = n, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt("killed by test")
 
 
 @pytest.mark.xdist_group("all_stages")  # one shared run per worker
@@ -100,31 +86,6 @@ def test_finished_stages_are_skipped_on_rerun(all_stages, capsys):
     assert again.stages == summary.stages
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    config = _runs.digits_config(**{"stages": ("train",), "train.epochs": 3,
-                                    "train.max_steps_per_epoch": 4, "data.batch_size": 64,
-                                    "tricks.srip.enabled": True})
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    uninterrupted = train.run(config, straight)
-    with pytest.raises(KeyboardInterrupt):
-        # dies in the middle of the third epoch, after two epochs were backed up
-        train.run(config, resumed, extra_callbacks=[KillAfter(2 * 4 + 2)])
-    assert train.saved_epoch(os.path.join(resumed, "stages", "0_train", "backup")) == 2
-    assert not os.path.exists(os.path.join(resumed, "summary.json"))
-    summary = train.run(config, resumed)
-
-    from mntk.serialization import load_model
-    weights = [load_model(os.path.join(w, "stages", "0_train", "model.keras")).get_weights()
-               for w in (straight, resumed)]
-    for a, b in zip(*weights):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    with open(os.path.join(resumed, "stages", "0_train", "history.csv")) as f:
-        assert len(f.read().strip().splitlines()) == 1 + config.train.epochs
-    assert summary.accuracy == uninterrupted.accuracy
-    # the SRIP state outside the model was restored too: same logged values
-    assert summary.history["srip"] == pytest.approx(uninterrupted.history["srip"], rel=1e-5)
-
-
 def test_epoch_keyed_dataset_depends_only_on_epoch():
     x = np.arange(20, dtype=np.float32)[:, None]
     y = np.arange(20)
@@ -140,6 +101,7 @@ def test_epoch_keyed_dataset_depends_only_on_epoch():
     assert not np.array_equal(np.concatenate(whole[:4]), np.concatenate(whole[4:8]))
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_two_replicas_trains(tmp_path):
     assert len(tf.config.list_logical_devices("CPU")) >= 2
     config = _runs.digits_config(**{"stages": ("train",), "strategy": "mirrored",
@@ -160,6 +122,7 @@ def test_unknown_stage_and_strategy_are_clear_errors(tmp_path, monkeypatch):
         train.make_strategy("multi_worker")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     config = _runs.digits_config(**{
         "stages": ("train",), "train.learning_rate": 1e9, "train.epochs": 2,
@@ -172,6 +135,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     assert not os.path.exists(tmp_path / "stages" / "0_train" / "summary.json")
 
 
+@pytest.mark.slow
 def test_rerun_with_another_config_needs_force_or_restart_from(tmp_path, capsys):
     config = _runs.digits_config(**{"stages": ("train",), "train.epochs": 1,
                                     "train.max_steps_per_epoch": 2})
