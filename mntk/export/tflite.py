@@ -294,7 +294,19 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
     start = time.perf_counter()
     _log(progress, f"tracing {model.name!r} ({'QAT, ' if qat else ''}"
                    f"quantize={quantize})")
-    function, input_names, output_names = serving_function(model)
+    # Per-channel learned activation grids have no exact TFLite form (one
+    # scale per activation tensor): traced on one 8-bit grid per tensor
+    # (mntk.quantization._per_channel), and said so, never silently.
+    from mntk.quantization import _per_channel
+    mapped = _per_channel.per_channel_activation_layers(model) if qat else []
+    if mapped:
+        print(f"[mntk.export] {model.name!r}: per-channel activation grids of "
+              f"{', '.join(mapped)} exported on one 8-bit grid per tensor (their "
+              "union range, per-channel clips kept); check with "
+              "mntk.export.verify, or quantize with per_channel=False for an "
+              "exact export.", file=sys.stderr, flush=True)
+    with _per_channel.per_tensor_export():
+        function, input_names, output_names = serving_function(model)
     want_sparse = is_pruned(model) if sparse is None else bool(sparse)
     sparse_note = ""
     _log(progress, "converting" + (" (calibrating on representative data)"

@@ -43,6 +43,7 @@ import tensorflow as tf
 from mntk.compat import keras
 from mntk.quantization import _grid
 from mntk.quantization import _learned_ops as _ops
+from mntk.quantization import _per_channel as _pc
 
 from mntk.quantization._grid import Quantizer as _Quantizer
 
@@ -222,37 +223,55 @@ class ClipRange(keras.constraints.Constraint):
 
 @keras.utils.register_keras_serializable(package="mntk")
 class LearnedPrecisionActivationQuantizer(_Quantizer):
-    """Per-tensor learned range (scale alpha, shift beta) and bit width for activations.
+    """Learned range (scale alpha, shift beta) and bit width for activations,
+    per tensor or per channel.
 
     The base range [lo0, hi0] is the first training batch's min/max (a
     one-time calibration held in the ``initialized`` variable); alpha and beta
     then move it as in Texas-EIC (see the module docstring).
+
+    ``per_channel=True``: one gamma, alpha, beta and [lo0, hi0] per channel of
+    the tensor's last axis, as the entry had on conv inputs (``_per_channel``;
+    plain TF ops, not the fused per-tensor op). TFLite exports it on one
+    per-tensor 8-bit grid (``_per_channel``), not exactly.
     """
 
-    def __init__(self, init_bits=8, min_bits=2, max_bits=8, trainable_bits=True):
+    def __init__(self, init_bits=8, min_bits=2, max_bits=8, trainable_bits=True,
+                 per_channel=False):
         _check_bits("LearnedPrecisionActivationQuantizer", init_bits, min_bits, max_bits)
         self.init_bits, self.min_bits, self.max_bits = int(init_bits), int(min_bits), int(max_bits)
         self.trainable_bits = bool(trainable_bits)
+        self.per_channel = bool(per_channel)
 
     def build(self, tensor_shape, name, layer):
         _grid.keep_weight_order(layer)
         sync = dict(aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        shape = ()
+        if self.per_channel:
+            channels = _pc.channel_count(tensor_shape, layer)
+            if channels is None:
+                raise ValueError(
+                    f"LearnedPrecisionActivationQuantizer(per_channel=True) on "
+                    f"{name!r} of layer {layer.name!r}: the tensor's last axis "
+                    f"(shape {tensor_shape}) has no static size; use "
+                    "per_channel=False.")
+            shape = (int(channels),)
         gamma = layer.add_weight(
-            name + "_gamma", shape=(),
+            name + "_gamma", shape=shape,
             initializer=keras.initializers.Constant(self.init_bits / 8.0),
             constraint=GammaRange(self.min_bits, self.max_bits),
             trainable=self.trainable_bits)
-        lo = layer.add_weight(name + "_lo", shape=(), trainable=False,
+        lo = layer.add_weight(name + "_lo", shape=shape, trainable=False,
                               initializer=keras.initializers.Constant(-6.0), **sync)
-        hi = layer.add_weight(name + "_hi", shape=(), trainable=False,
+        hi = layer.add_weight(name + "_hi", shape=shape, trainable=False,
                               initializer=keras.initializers.Constant(6.0), **sync)
         # Named *_range so size reports count them as quantizer state.
         # The entry's clip ranges as constraints (projected after each update),
         # so the forward pass carries no clip ops and their gradients.
-        alpha = layer.add_weight(name + "_width_range", shape=(), trainable=True,
+        alpha = layer.add_weight(name + "_width_range", shape=shape, trainable=True,
                                  initializer=keras.initializers.Constant(1.0),
                                  constraint=ClipRange(*ALPHA_RANGE), **sync)
-        beta = layer.add_weight(name + "_shift_range", shape=(), trainable=True,
+        beta = layer.add_weight(name + "_shift_range", shape=shape, trainable=True,
                                 initializer=keras.initializers.Constant(0.0),
                                 constraint=ClipRange(*BETA_RANGE), **sync)
         initialized = layer.add_weight(
@@ -290,6 +309,13 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         x = inputs
+        if self.per_channel:
+            if training:
+                with tf.control_dependencies([_pc.calibrate(x, weights)]):
+                    x = tf.identity(x)
+            elif _pc.exporting():
+                return _pc.export_form(x, weights, self.min_bits, self.max_bits)
+            return _pc.fake_quant(x, weights, self.min_bits, self.max_bits)
         if training:
             with tf.control_dependencies([self._calibrate(x, weights)]):
                 x = tf.identity(x)
@@ -312,12 +338,15 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
             y, lo, container, num_bits=8, narrow_range=False)
 
     def cost_bits(self, quantizer_vars):
-        gamma = float(np.asarray(quantizer_vars["gamma"]))
-        return float(np.clip(np.round(gamma * 8.0), self.min_bits, self.max_bits))
+        """Bits b (per channel: an array; mntk.cost counts a tensor at its widest)."""
+        bits = np.clip(np.round(np.asarray(quantizer_vars["gamma"]) * 8.0),
+                       self.min_bits, self.max_bits)
+        return bits.astype(np.float64) if self.per_channel else float(bits)
 
     def cost_params(self, quantizer_vars):
         return 0
 
     def get_config(self):
         return {"init_bits": self.init_bits, "min_bits": self.min_bits,
-                "max_bits": self.max_bits, "trainable_bits": self.trainable_bits}
+                "max_bits": self.max_bits, "trainable_bits": self.trainable_bits,
+                "per_channel": self.per_channel}

@@ -310,11 +310,16 @@ class LearnedPrecisionScheme(_MntkScheme):
       activation_init_bits, activation_min_bits, activation_max_bits:
         activation bit widths (None: the weight values); set
         ``learn_activations=False`` for tfmot's fixed 8-bit activations.
+      activation_per_channel: one learned range and bit width per channel
+        of each quantized activation (Texas-EIC's per-channel conv inputs);
+        TFLite export maps them onto one 8-bit grid per tensor, not exactly
+        (see ``learned.py``). The model's outputs stay per tensor.
     """
 
     def __init__(self, init_bits=8, min_bits=2, max_bits=8, learn_activations=True,
                  activation_init_bits=None, activation_min_bits=None,
-                 activation_max_bits=None, preserve_sparsity=True):
+                 activation_max_bits=None, preserve_sparsity=True,
+                 activation_per_channel=False):
         super().__init__()
         self.init_bits, self.min_bits, self.max_bits = init_bits, min_bits, max_bits
         self.learn_activations = learn_activations
@@ -322,6 +327,7 @@ class LearnedPrecisionScheme(_MntkScheme):
         self.activation_min_bits = activation_min_bits or min_bits
         self.activation_max_bits = activation_max_bits or max_bits
         self.preserve_sparsity = preserve_sparsity
+        self.activation_per_channel = bool(activation_per_channel)
         self.weight_quantizer(None, False)  # validate arguments now
         self.activation_quantizer()
 
@@ -336,7 +342,7 @@ class LearnedPrecisionScheme(_MntkScheme):
             return _default_activation_quantizer()
         return LearnedPrecisionActivationQuantizer(
             self.activation_init_bits, self.activation_min_bits,
-            self.activation_max_bits)
+            self.activation_max_bits, per_channel=self.activation_per_channel)
 
     def activation_quantizer_for(self, layer):
         # The model's outputs (logits) feed no weight layer, so low bits save

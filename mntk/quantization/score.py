@@ -72,7 +72,8 @@ class _Bits:
         if not self.learned:
             return tf.constant(32.0 if self.const is None else self.const)
         bits_of = bits_of or (lambda q, v: q.bits_tensor(v))
-        values = [bits_of(q, v) for q, v in self.learned]
+        # a per-channel activation counts at its widest channel, as mntk.cost does
+        values = [tf.reduce_max(bits_of(q, v)) for q, v in self.learned]
         out = values[0] if len(values) == 1 else tf.reduce_max(tf.stack(values))
         if self.const is not None:
             out = tf.maximum(out, self.const)
