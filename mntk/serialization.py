@@ -13,7 +13,17 @@ files the same way (one line naming the layer), unless ``safe_mode=False``.
 
 QAT models in ``.keras``: see ``mntk.quantization.keras_format`` (applied on
 import of ``mntk.quantization``, which ``custom_objects`` imports).
+
+Registered functions in ``.h5``: tf_keras writes a registered function (an
+``Activation(mntk.prepare.hard_swish)`` of a prepared MobileNetV3) into an
+``.h5`` config in its new format, ``{"class_name": "function", "config":
+"mntk>hard_swish", ...}``, but reads ``.h5`` configs with its legacy
+deserializer, which knows no class ``function``: such a file does not load
+with ``keras.models.load_model``. ``load_model`` rewrites those entries to the
+registered name (the legacy format for a function) in an in-memory copy of the
+file; the file on disk is not changed.
 """
+import io
 import json
 
 import tensorflow_model_optimization as tfmot
@@ -62,6 +72,49 @@ def check_h5_safe(path):
                 "the file's source.")
 
 
+def _legacy_functions(config):
+    """``config`` with every new-format registered-function entry replaced by
+    its registered name; ``(config, changed)``."""
+    if isinstance(config, dict):
+        if (config.get("class_name") == "function" and config.get("module") == "builtins"
+                and isinstance(config.get("config"), str)):
+            return config["config"], True
+        changed = False
+        out = {}
+        for key, value in config.items():
+            out[key], c = _legacy_functions(value)
+            changed |= c
+        return out, changed
+    if isinstance(config, (list, tuple)):
+        pairs = [_legacy_functions(v) for v in config]
+        return [v for v, _ in pairs], any(c for _, c in pairs)
+    return config, False
+
+
+def _h5_for_legacy_loader(path):
+    """``path``, or an in-memory ``h5py.File`` copy of it whose configs hold
+    registered functions by name (see the module docstring)."""
+    import h5py
+    rewritten = {}
+    with h5py.File(path, "r") as f:
+        for key in ("model_config", "training_config"):
+            raw = f.attrs.get(key)
+            if raw is None:
+                continue
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8")
+            config, changed = _legacy_functions(json.loads(raw))
+            if changed:
+                rewritten[key] = json.dumps(config)
+    if not rewritten:
+        return path
+    with open(path, "rb") as f:
+        copy = h5py.File(io.BytesIO(f.read()), "r+")
+    for key, value in rewritten.items():
+        copy.attrs[key] = value
+    return copy
+
+
 def custom_objects():
     """Every class a saved mntk model may need by name (tfmot's included).
 
@@ -97,10 +150,15 @@ def load_model(path, custom_objects=None, compile=True, safe_mode=True, **kwargs
     if path_str.endswith((".h5", ".hdf5")):
         if safe_mode:
             check_h5_safe(path_str)
+        path = _h5_for_legacy_loader(path_str)
     elif path_str.endswith(".keras"):
         kwargs["safe_mode"] = safe_mode
     objects = globals()["custom_objects"]()
     objects.update(custom_objects or {})
-    with tfmot.quantization.keras.quantize_scope(objects), \
-            tfmot.sparsity.keras.prune_scope():
-        return keras.models.load_model(path, compile=compile, **kwargs)
+    try:
+        with tfmot.quantization.keras.quantize_scope(objects), \
+                tfmot.sparsity.keras.prune_scope():
+            return keras.models.load_model(path, compile=compile, **kwargs)
+    finally:
+        if hasattr(path, "close"):  # the in-memory .h5 copy
+            path.close()

@@ -70,3 +70,30 @@ def test_keras_with_code_is_refused_too(tmp_path):
     with pytest.raises(ValueError, match="safe_mode"):
         mntk.load_model(path)
     assert not os.path.exists(marker)
+
+
+def test_h5_with_a_registered_activation_function_loads(tmp_path):
+    # A prepared MobileNetV3 holds Activation(mntk hard_swish): tf_keras writes
+    # the function into the .h5 config in its new format and cannot read it back.
+    from mntk.compat import keras
+    from mntk.prepare import hard_sigmoid, hard_swish
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(5, name="d1")(inputs)
+    h = keras.layers.Activation(hard_swish, name="hs")(h)
+    h = keras.layers.Dense(4, activation=hard_sigmoid, name="d2")(h)
+    model = keras.Model(inputs, h)
+    model.compile("adam", "mse")
+    path = str(tmp_path / "hs.h5")
+    model.save(path)
+    with pytest.raises(TypeError, match="function"):  # tf_keras's own loader
+        keras.models.load_model(path)
+    before = open(path, "rb").read()
+    loaded = mntk.load_model(path)
+    assert open(path, "rb").read() == before  # the file is not rewritten
+    x = np.random.default_rng(0).normal(0, 4, (32, 6)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    # hard swish: x relu6(x + 3) / 6, computed here from the formula
+    z = x @ model.get_layer("d1").kernel.numpy() + model.get_layer("d1").bias.numpy()
+    hs = z * np.clip(z + 3, 0, 6) / 6
+    np.testing.assert_allclose(loaded.get_layer("hs")(z).numpy(), hs, rtol=1e-6, atol=1e-6)
+    assert loaded.get_layer("d2").activation is hard_sigmoid
