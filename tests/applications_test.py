@@ -51,8 +51,10 @@ BUILDERS = {
     "MobileNetV3Small": lambda: A.MobileNetV3Small((SIZE, SIZE, 3), weights=None, classes=10),
     "MobileNetV3Small-min": lambda: A.MobileNetV3Small((SIZE, SIZE, 3), weights=None,
                                                        classes=10, minimalistic=True),
-    "EfficientNetB0": lambda: A.EfficientNetB0((SIZE, SIZE, 3), weights=None, classes=10),
-    "ResNet50V2": lambda: A.ResNet50V2((SIZE, SIZE, 3), weights=None, classes=10),
+    # (EfficientNetB0's and ResNet50V2's first argument is include_top)
+    "EfficientNetB0": lambda: A.EfficientNetB0(input_shape=(SIZE, SIZE, 3), weights=None,
+                                               classes=10),
+    "ResNet50V2": lambda: A.ResNet50V2(input_shape=(SIZE, SIZE, 3), weights=None, classes=10),
     "CNN": _cnn,
 }
 #: input range each model expects (built-in preprocessing takes 0..255)
