@@ -28,7 +28,8 @@ from mntk.train.callbacks import first_bad_weight, remove_backups
 from mntk.train.disk import MARGIN, NoSpaceError, check_space, is_no_space, no_space_error, \
     variable_bytes
 from mntk.train.errors import DivergedError, RecipeError
-from mntk.train.saving import load_stage_model, save_final_model, save_stage_model
+from mntk.train.saving import copy_final_model, load_stage_model, save_final_model, \
+    save_stage_model
 from mntk.train.stages import STAGES
 from mntk.train.summary import RunSummary, read_stage
 from mntk.train.workdir import WorkdirLock, record_config
@@ -134,7 +135,9 @@ def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
         ctx.stage_dir = os.path.dirname(done)
         if os.path.exists(done):
             stage_summary = read_stage(done)
-            ctx.model = load_stage_model(ctx)
+            # loaded only if a stage that still has to run needs it
+            # (_earlier_model above): a finished run's rerun loads nothing
+            ctx.model = None
             print(f"mntk: stage {k} '{name}' already done, resuming after it", flush=True)
         else:
             print(f"mntk: stage {k} '{name}'", flush=True)
@@ -161,6 +164,9 @@ def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
                   f"({time.process_time() - stage_cpu:.1f} s CPU)", flush=True)
         summary.merge(stage_summary)
     summary.seconds = round(time.time() - started, 2)
-    save_final_model(ctx)
+    if ctx.model is None:   # every stage was done already: the file is there
+        copy_final_model(workdir, [k for k, _ in plan])
+    else:
+        save_final_model(ctx)
     write_json(os.path.join(workdir, "summary.json"), summary.to_dict())
     return summary

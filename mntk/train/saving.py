@@ -54,6 +54,21 @@ def save_final_model(ctx) -> None:
         save_model(ctx.model, ctx.workdir)
 
 
+def copy_final_model(workdir, stage_numbers) -> None:
+    """The top-level model file when no stage ran in this process: a copy of
+    the file of the last of ``stage_numbers`` that saved a model."""
+    if not is_chief():
+        return
+    stages = os.path.join(workdir, "stages")
+    for k in reversed(stage_numbers):
+        for entry in sorted(os.listdir(stages)):
+            for filename in ("model.keras", "model.h5"):
+                path = os.path.join(stages, entry, filename)
+                if entry.startswith(f"{k}_") and os.path.exists(path):
+                    shutil.copyfile(path, os.path.join(workdir, filename))
+                    return
+
+
 def load_stage_model(ctx):
     """The model a finished stage saved (or ``ctx.model`` if it saved none)."""
     for filename in ("model.keras", "model.h5"):
