@@ -302,7 +302,7 @@ class BinaryScheme(_MntkScheme):
 
 
 class LearnedPrecisionScheme(_MntkScheme):
-    """Learned per-channel weight range+bits, learned per-tensor activation
+    """Learned per-channel weight range+bits, learned per-tensor (or per-channel) activation
     range+bits (see ``learned.py``).
 
     Args:
