@@ -370,6 +370,20 @@ def test_osi_published_score_with_exit(osi):
     plain = mntk.cost.estimate(model, task="cifar100", freebie=True)
     assert plain.params / 36.5e6 == pytest.approx(0.002833, rel=1e-3)
     assert plain.score == pytest.approx(0.006100, rel=0.01)
+    # the last step (stage prune_exits): the exit head pruned to 50% by the
+    # recipe's global rule on l2-normalized |w| over the head's kernels, the
+    # backbone's zeros held, 29.29% exiting: 0.005798 (README fb0163a)
+    heads = mntk.early_exit.exit_head_layers(multi)
+    backbone_zeros = sum(int(np.sum(_kernel(l).numpy() == 0)) for l in _prunable(model))
+    gp = mntk.global_pruning.GlobalPruning(multi, layers=heads, hold_zeros=True,
+                                           normalize="l2")
+    gp.prune(0.5)
+    assert gp.sparsity()["global"] == pytest.approx(0.5, abs=1e-3)
+    assert sum(int(np.sum(_kernel(multi.get_layer(l.name)).numpy() == 0))
+               for l in _prunable(model)) == backbone_zeros
+    final = mntk.cost.estimate(multi, task="cifar100", freebie=True,
+                               exit_rates=[0.2929, 1 - 0.2929])
+    assert final.score == pytest.approx(0.005798, rel=0.01)
 
 
 @pytest.mark.slow

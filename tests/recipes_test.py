@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mntk.train.summary import read_stage
@@ -139,7 +140,27 @@ def test_osi_exit_head_calibrated_and_staged(tmp_path_factory):
     assert ee["staged_tflite"]["agreement"] >= 0.8
     assert os.path.exists(os.path.join(workdir, "calibration.json"))
     assert ee["thresholds"] == [pytest.approx(0.2)]      # fixed, not calibrated
-    assert summary["pruning"]["sparsity"]["global"] == pytest.approx(0.5, abs=0.01)
+    backbone = stage_summary(workdir, 1, "prune")["pruning"]
+    assert backbone["sparsity"]["global"] == pytest.approx(0.5, abs=0.01)
+    # prune_exits: the exit head pruned on its own, the backbone's zeros held
+    heads = stage_summary(workdir, 3, "prune_exits")
+    assert heads["early_exit"] == ee and summary["pruning"] == heads["pruning"]
+    assert heads["pruning"]["sparsity"]["global"] == pytest.approx(0.5, abs=0.01)
+    assert all(name.startswith("exit_0") for name in heads["pruning"]["sparsity"]
+               if name != "global")
+    from mntk.serialization import load_model
+    pruned = load_model(os.path.join(workdir, "stages", "1_prune", "model.keras"), compile=False)
+    multi = load_model(os.path.join(workdir, "stages", "3_prune_exits", "multi.keras"),
+                       compile=False)
+    kernels = 0
+    for layer in pruned.layers:
+        for variable in layer.weights:
+            if variable.shape.rank >= 2:
+                twin = {v.name.split("/")[-1]: v for v in multi.get_layer(layer.name).weights}
+                np.testing.assert_array_equal(twin[variable.name.split("/")[-1]].numpy() == 0,
+                                              variable.numpy() == 0, err_msg=variable.name)
+                kernels += 1
+    assert kernels > 10
 
 
 @pytest.mark.parametrize("name", per_recipe("ttq_cifar10", "ternary_cifar100"))

@@ -101,10 +101,12 @@ class RunContext:
         return max(1, min(n, cap)) if cap else n
 
 
-def load_data(config):
+def load_data(config, **overrides):
     """``mntk.data.load`` with the recipe's ``config.data`` fields (None
-    fields are left to the loader; ``data.seed`` None is the run's seed)."""
+    fields are left to the loader; ``data.seed`` None is the run's seed),
+    ``overrides`` set over them (a stage's own ``mix``)."""
     fields = {k: v for k, v in config.data.items() if v is not None}
+    fields.update(overrides)
     fields = {k: dict(v) if hasattr(v, "items") else v for k, v in fields.items()}
     name = fields.pop("name")
     fields.setdefault("seed", int(config.seed))

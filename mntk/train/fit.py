@@ -21,19 +21,24 @@ from mntk.compat import keras
 from mntk.train.callbacks import (CheckedBackupAndRestore, DivergenceGuard,
                                   EpochSeededRandomness, StateBackup, TechniqueLogger,
                                   backup_error, kill_at_callbacks)
-from mntk.train.context import epoch_keyed_dataset, is_chief, saved_epoch
+from mntk.train.context import epoch_keyed_dataset, is_chief, load_data, saved_epoch
 from mntk.train.disk import SpaceGuard
 from mntk.train.errors import RecipeError
 from mntk.train.objectives import soft_labels
 
 
-def training_data(ctx, first: int, epochs: int, teacher=None) -> tf.data.Dataset:
+def training_data(ctx, first: int, epochs: int, teacher=None,
+                  mix=None) -> tf.data.Dataset:
     """Batches of epochs ``first..epochs-1`` (in-memory data: epoch-keyed, so a
-    resumed run sees the batches an uninterrupted one would)."""
+    resumed run sees the batches an uninterrupted one would). ``mix``: this
+    fit's batch mixing, 'none' for unmixed batches (None: ``data.mix``)."""
     config, data = ctx.config, ctx.data
     gbs = ctx.global_batch_size(config.data.batch_size)
     n_steps = ctx.steps()
+    mix = config.data.mix if mix is None else (None if mix == "none" else mix)
     if data.x_train is None:
+        if mix != config.data.mix:   # streamed data is mixed in its pipeline: this fit's
+            data = load_data(config, mix=mix, one_hot=soft_labels(config))
         train_ds = data.train.repeat()
         return train_ds.map(_teacher_map(teacher)) if teacher is not None else train_ds
     y = data.y_train
@@ -50,8 +55,8 @@ def training_data(ctx, first: int, epochs: int, teacher=None) -> tf.data.Dataset
                 epoch_keyed_dataset(data.x_train, y, gbs, seed, e, e + 1).take(n_steps))
     else:
         train_ds = epoch_keyed_dataset(data.x_train, y, gbs, seed, first, epochs)
-    if config.data.mix:
-        train_ds = data_lib.mix_batches(train_ds, config.data.mix,
+    if mix:
+        train_ds = data_lib.mix_batches(train_ds, mix,
                                         alpha=float(config.data.mix_alpha), seed=seed + first)
     return train_ds
 
@@ -92,12 +97,14 @@ def _teacher_map(teacher):
     return add_logits
 
 
-def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, List[float]]:
+def fit(ctx, model, epochs: int, callbacks: List, teacher=None,
+        mix=None) -> Dict[str, List[float]]:
     """``model.fit`` with resuming, logs, best-model checkpoint and NaN guard.
 
     ``teacher``: a float model whose logits are appended to every label row
     (``[label, teacher logits...]``), the targets ``mntk.losses.Distillation``
-    expects. Returns the per-epoch history of the whole stage (resumed epochs
+    expects. ``mix``: this fit's batch mixing ('none', 'mixup', 'cutmix';
+    None: ``data.mix``). Returns the per-epoch history of the whole stage (resumed epochs
     included).
     """
     config = ctx.config
@@ -112,7 +119,7 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None) -> Dict[str, Lis
     if teacher is not None and soft_labels(config):
         raise RecipeError("distillation needs integer labels; turn off data.mix and "
                           "data.one_hot for the distilled stage.")
-    train_ds = training_data(ctx, first, epochs, teacher)
+    train_ds = training_data(ctx, first, epochs, teacher, mix)
     validation = validation_data(config, ctx.data, teacher)
     n_outputs = len(model.outputs)
     if n_outputs > 1:  # multi-exit models: the same label for every output

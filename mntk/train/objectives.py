@@ -21,8 +21,11 @@ def soft_labels(config) -> bool:
     return bool(config.data.mix) or bool(config.data.one_hot)
 
 
-def base_loss(config):
-    smoothing = float(config.train.label_smoothing)
+def base_loss(config, label_smoothing=None):
+    """Cross-entropy on the run's labels, smoothed by ``train.label_smoothing``
+    (or ``label_smoothing``, a stage's own setting, when not None)."""
+    smoothing = float(config.train.label_smoothing if label_smoothing is None
+                      else label_smoothing)
     if soft_labels(config):
         return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
     if smoothing:

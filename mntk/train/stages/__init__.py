@@ -11,6 +11,7 @@ from mntk.train.stages.early_exit import early_exit_stage
 from mntk.train.stages.export import export_stage
 from mntk.train.stages.finetune import finetune_stage
 from mntk.train.stages.prune import prune_stage
+from mntk.train.stages.prune_exits import prune_exits_stage
 from mntk.train.stages.qat8 import qat8_stage
 from mntk.train.stages.quantize import quantize_stage
 from mntk.train.stages.train import train_stage
@@ -20,6 +21,7 @@ STAGES = {
     "export": export_stage,
     "early_exit": early_exit_stage,
     "prune": prune_stage,
+    "prune_exits": prune_exits_stage,
     "qat8": qat8_stage,
     "quantize": quantize_stage,
     "finetune": finetune_stage,

@@ -1,9 +1,11 @@
 """Stage ``early_exit``: exit heads on the trained model (OSI-AI's recipe).
 
 The heads are trained with the backbone frozen, thresholds calibrated on the
-validation split (``early_exit.target``), and the multi-exit model run with
-per-sample exit on the test split in Keras and as staged TFLite. ``ctx.model``
-stays the backbone.
+validation split (``early_exit.target``) or fixed (``early_exit.threshold``),
+and the multi-exit model run with per-sample exit on the test split in Keras
+and as staged TFLite. ``ctx.model`` stays the backbone; the multi-exit model
+is the stage's ``multi.keras`` (the ``prune_exits`` stage goes on from it).
+The head training and the exit figures are shared with ``prune_exits``.
 """
 import functools
 import importlib
@@ -11,7 +13,7 @@ import os
 
 import numpy as np
 
-from mntk import cost, early_exit, export, losses, models
+from mntk import cost, early_exit, export, losses, models, regularizers
 from mntk.train.objectives import base_loss
 from mntk.train.optim import make_optimizer
 from mntk.train.fit import fit
@@ -20,7 +22,7 @@ from mntk.train.summary import EarlyExitFigures, StagedTfliteFigures, StageSumma
 
 
 def early_exit_stage(ctx) -> StageSummary:
-    config, data = ctx.config, ctx.data
+    config = ctx.config
     cfg = config.early_exit
     # freeze_backbone flips the shared backbone layers; later stages (prune,
     # quantize) must train them again.
@@ -33,16 +35,43 @@ def early_exit_stage(ctx) -> StageSummary:
     stage_cfg = section_train_config(config, "early_exit")
     with ctx.strategy.scope():
         multi = early_exit.add_exits(ctx.model, at=list(cfg.at), head=head)
-        loss = None
-        if cfg.loss == "confidence_weighted":
-            loss = [losses.ConfidenceWeighted()] * (len(multi.outputs) - 1) + [base_loss(config)]
-        early_exit.compile_exits(
-            multi, make_optimizer(stage_cfg, ctx.steps(), ctx.replicas),
-            loss=loss, freeze_backbone=bool(cfg.freeze_backbone),
-            bn_trainable=bool(cfg.backbone_bn_updates))
-    fit(ctx, multi, int(stage_cfg.epochs), [])
+        compile_head_training(ctx, multi, stage_cfg)
+    fit(ctx, multi, int(stage_cfg.epochs), [], mix=exit_mix(config))
     for layer, flag in trainable:
         layer.trainable = flag
+    return StageSummary(early_exit=exit_figures(ctx, multi))
+
+
+def exit_mix(config):
+    """The batch mixing of the head-training fits: ``early_exit.mix``, else
+    ``data.mix`` (OSI-AI trained its exit on unmixed images: 'none')."""
+    return config.early_exit.mix
+
+
+def compile_head_training(ctx, multi, stage_cfg) -> None:
+    """Compile ``multi`` to train its exit heads as ``early_exit`` says: the
+    loss (``early_exit.loss`` and ``weight_gradient``; the final output's
+    with ``early_exit.label_smoothing`` if set), the frozen backbone (``freeze_backbone``, with
+    ``backbone_bn_updates``), and the stage's coupled L2 (``l2``, ``l2_on``)
+    on the variables that train (the heads', and BN's with BN updates)."""
+    config, cfg = ctx.config, ctx.config.early_exit
+    final = base_loss(config, label_smoothing=cfg.label_smoothing)
+    head_loss = losses.ConfidenceWeighted(weight_gradient=bool(cfg.weight_gradient)) \
+        if cfg.loss == "confidence_weighted" else final
+    early_exit.compile_exits(
+        multi, make_optimizer(stage_cfg, ctx.steps(), ctx.replicas),
+        loss=[head_loss] * (len(multi.outputs) - 1) + [final],
+        freeze_backbone=bool(cfg.freeze_backbone), bn_trainable=bool(cfg.backbone_bn_updates))
+    if float(stage_cfg.l2 or 0.0) > 0:
+        # after compile_exits: the frozen backbone's kernels are not decayed
+        regularizers.apply_l2(multi, float(stage_cfg.l2), on=str(stage_cfg.l2_on))
+
+
+def exit_figures(ctx, multi) -> EarlyExitFigures:
+    """Thresholds (fixed or calibrated on validation), per-sample exit on the
+    test split in Keras and as staged TFLite, the mean cost; writes
+    ``calibration.json``, ``staged_tflite/`` and the stage's ``multi.keras``."""
+    data, cfg = ctx.data, ctx.config.early_exit
     target = {k: float(v) for k, v in cfg.target.items() if v is not None}
     limit = int(cfg.max_examples) or None
     x_test, y_test = data.arrays("test", limit)
@@ -65,7 +94,7 @@ def early_exit_stage(ctx) -> StageSummary:
     multi.save(os.path.join(ctx.stage_dir, "multi.keras"))
     accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
     final_accuracy = float(np.mean(np.argmax(final, -1) == y_test))
-    return StageSummary(early_exit=EarlyExitFigures(
+    return EarlyExitFigures(
         at=list(cfg.at), head=cfg.head, criterion=cal.criterion,
         thresholds=[float(t) for t in cal.thresholds], calibration_target=target,
         exit_rate=float(np.mean(exits < len(multi.outputs) - 1)), exit_rates=rates,
@@ -76,7 +105,7 @@ def early_exit_stage(ctx) -> StageSummary:
         staged_tflite=StagedTfliteFigures(
             directory=os.path.relpath(staged_dir, ctx.workdir),
             agreement=float(np.mean(np.argmax(staged_logits, -1) == np.argmax(logits, -1))),
-            same_exits=float(np.mean(staged_exits == exits)))))
+            same_exits=float(np.mean(staged_exits == exits))))
 
 
 def _fixed_threshold(multi, validation, cfg):

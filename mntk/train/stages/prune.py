@@ -33,19 +33,26 @@ def _pruned_tflite(ctx, model):
     return tflite_figures(path, ctx.workdir, result.bytes, check, result)
 
 
+def global_stages(rates, epochs: int, section: str = "prune"):
+    """``{first epoch: rate}`` of equal stages over ``epochs``."""
+    rates = [float(r) for r in rates]
+    if not rates or epochs % len(rates):
+        raise RecipeError(f"global pruning needs {section}.rates (one per stage) and "
+                          f"{section}.epochs a multiple of their number; got rates="
+                          f"{tuple(rates)}, epochs={epochs}.")
+    per = epochs // len(rates)
+    return {i * per: r for i, r in enumerate(rates)}
+
+
 def _global_prune_stage(ctx, config, cfg, stage_cfg) -> StageSummary:
     rates = [float(r) for r in cfg.rates]
     epochs = int(stage_cfg.epochs)
-    if not rates or epochs % len(rates):
-        raise RecipeError(f"prune.method='global' needs prune.rates (one per stage) and "
-                          f"prune.epochs a multiple of their number; got rates={cfg.rates}, "
-                          f"epochs={epochs}.")
-    per = epochs // len(rates)
+    stages = global_stages(rates, epochs)
     n_steps = ctx.steps()
     model = ctx.model
     with ctx.strategy.scope():
         gp = global_pruning.GlobalPruning(
-            model, stages={i * per: r for i, r in enumerate(rates)},
+            model, stages=stages,
             normalize=None if cfg.normalize == "none" else cfg.normalize,
             rewind=None if cfg.rewind == "none" else cfg.rewind, monitor="val_accuracy")
         # SRIP stays on from the train stage (KAIST), also when the model was
