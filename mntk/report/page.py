@@ -177,9 +177,10 @@ def _stages_section(run: Run) -> Optional[Section]:
         row += [fmt(f["bits"], "bits")] if "mean bits" in header else []
         rows.append(row)
     blocks = [("table", tuple(header), rows)]
-    if any(st.name == "early_exit" for st in run.stages):
-        blocks.append(("p", "The early_exit stage's accuracy and ops are those with early "
-                            "exit on the test split (mean ops per example)."))
+    if any(st.name in ("early_exit", "prune_exits") for st in run.stages):
+        blocks.append(("p", "The early_exit and prune_exits stages' accuracy and ops are "
+                            "those with early exit on the test split (mean ops per "
+                            "example)."))
     return Section("stages", "Stages", blocks)
 
 

@@ -96,7 +96,7 @@ class Run:
     def final_accuracy(self) -> Optional[float]:
         for stage in reversed(self.stages):
             acc = stage_figures(stage)["accuracy"]
-            if acc is not None and stage.name != "early_exit":
+            if acc is not None and stage.name not in ("early_exit", "prune_exits"):
                 return acc
         return self.summary.accuracy if finite(self.summary.accuracy) else None
 

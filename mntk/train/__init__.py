@@ -12,8 +12,8 @@ Modules, each importing only those listed before it:
 - ``callbacks``: the callbacks every resumable fit adds;
 - ``fit``: the resumable ``model.fit``;
 - ``evaluation``: accuracy, cost and TFLite figures of a stage;
-- ``stages``: one module per stage (train, early_exit, prune, quantize,
-  finetune, export) and the ``STAGES`` registry;
+- ``stages``: one module per stage (train, early_exit, prune, prune_exits,
+  qat8, quantize, finetune, export) and the ``STAGES`` registry;
 - ``loop``: ``run``, which sequences the stages and resumes.
 
 The names below are loaded on first use, so reading a summary
