@@ -195,3 +195,14 @@ def test_union_grid_holds_every_channel_with_zero_on_it():
     assert step == pytest.approx(5.0 / 255.0)
     assert low <= -1.0 + step / 2 and high >= 4.0 - step / 2
     assert (-low / step) == pytest.approx(round(-low / step), abs=1e-4)
+
+
+def test_recipe_field_turns_per_channel_activations_on():
+    from mntk.train.schema import resolve
+    from mntk.train.stages.quantize import make_scheme
+    from recipes import digits
+    on = resolve(digits.get_config(), [("quantize.scheme", "learned"),
+                                       ("quantize.activation_per_channel", "true")])
+    assert make_scheme(on.quantize).activation_quantizer().per_channel
+    off = resolve(digits.get_config(), [("quantize.scheme", "learned")])
+    assert not make_scheme(off.quantize).activation_quantizer().per_channel

@@ -265,6 +265,8 @@ FIELDS: Tuple[Field, ...] = (
     F("quantize.activation_init_bits", int, None, at_least(1)),
     F("quantize.activation_min_bits", int, None, at_least(1)),
     F("quantize.activation_max_bits", int, None, at_least(1)),
+    F("quantize.activation_per_channel", bool, None,
+      doc="learned activation grids per channel (Texas-EIC); TFLite maps them per tensor"),
     F("quantize.cost_target.enabled", bool, False, doc="mntk.losses.CostTarget"),
     F("quantize.cost_target.target", float, None, positive, doc="mean weight bits"),
     F("quantize.cost_target.coefficient", float, 0.1, non_negative),

@@ -23,7 +23,8 @@ from mntk.train.schema import SCHEMES, section_train_config
 from mntk.train.summary import QuantizationFigures, StageSummary
 
 LEARNED_FIELDS = ("init_bits", "min_bits", "max_bits", "learn_activations",
-                  "activation_init_bits", "activation_min_bits", "activation_max_bits")
+                  "activation_init_bits", "activation_min_bits", "activation_max_bits",
+                  "activation_per_channel")
 
 
 def make_scheme(cfg):
