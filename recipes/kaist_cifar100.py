@@ -48,8 +48,6 @@ Departures, and why:
 - Best-by-test-accuracy weights were kept per cycle by the entry; here the
   last weights of each cycle carry on (selecting on the test set is not done),
   and the pruning stages rewind to the best weights by validation accuracy.
-- The pruning stages' masks and rewind state are not saved by the resume
-  backup yet, so a run killed inside ``prune`` does not resume exactly.
 
 Stages: train -> prune -> export (float and int8 TFLite, verified with LiteRT).
 

@@ -43,8 +43,6 @@ Departures, and why:
 - The frozen backbone's BN scale and offset train along with its statistics
   in the exit stages (Keras' BatchNormalization updates its statistics only
   while trainable; the entry's torch module in train mode updates only them).
-- The pruning stages' masks and rewind state are not saved by the resume
-  backup yet, so a run killed inside ``prune`` does not resume exactly.
 
 Stages: train -> prune -> early_exit -> prune_exits -> export.
 

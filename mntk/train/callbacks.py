@@ -2,7 +2,8 @@
 
 - ``EpochSeededRandomness``: dropout & co. re-seeded from ``(seed, epoch)``;
 - ``StateBackup``: variables outside the model (SRIP's power-iteration
-  vectors, its coefficient) checkpointed next to ``BackupAndRestore``'s;
+  vectors, its coefficient; global pruning's masks and rewind state)
+  checkpointed next to ``BackupAndRestore``'s;
 - ``TechniqueLogger``: sparsity and mean weight bits in the epoch logs;
 - ``DivergenceGuard``: a NaN/Inf loss, metric, weight or output ends the fit.
 """
@@ -40,7 +41,8 @@ class EpochSeededRandomness(keras.callbacks.Callback):
 
 class StateBackup(keras.callbacks.Callback):
     """Checkpoints variables that live outside the model (SRIP's power-iteration
-    vectors and coefficient) next to ``BackupAndRestore``'s checkpoint: saved
+    vectors and coefficient, global pruning's masks, stage counter, rewind
+    snapshot and best metric) next to ``BackupAndRestore``'s checkpoint: saved
     at each epoch end, restored when training starts again.
 
     Like ``BackupAndRestore`` under a multi-worker strategy, every worker saves

@@ -2,7 +2,7 @@
 
 A killed run resumes inside a stage at the last finished epoch:
 ``BackupAndRestore`` keeps the model and optimizer, ``StateBackup`` the
-variables outside the model (SRIP), the epoch-keyed data set replays the same
+variables outside the model (SRIP's, global pruning's), the epoch-keyed data set replays the same
 batches and ``EpochSeededRandomness`` the same dropout masks. Every fit writes
 ``history.csv`` (CSVLogger), ``tensorboard/`` and ``best.weights.h5`` in the
 stage folder, and stops with a ``RecipeError`` when the loss diverges.
@@ -10,7 +10,7 @@ stage folder, and stops with a ``RecipeError`` when the loss diverges.
 import csv
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -98,9 +98,12 @@ def _teacher_map(teacher):
 
 
 def fit(ctx, model, epochs: int, callbacks: List, teacher=None,
-        mix=None) -> Dict[str, List[float]]:
+        mix=None, state: Sequence[tf.Variable] = ()) -> Dict[str, List[float]]:
     """``model.fit`` with resuming, logs, best-model checkpoint and NaN guard.
 
+    ``state``: variables outside the model that a resumed fit needs back, as
+    they were at the end of the epoch it resumes after (global pruning's
+    masks, stage counter and rewind snapshot), backed up with SRIP's.
     ``teacher``: a float model whose logits are appended to every label row
     (``[label, teacher logits...]``), the targets ``mntk.losses.Distillation``
     expects. ``mix``: this fit's batch mixing ('none', 'mixup', 'cutmix';
@@ -134,7 +137,7 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None,
         keep_history_rows(history_csv, first)
         best_val_loss = min(read_history(history_csv).get("val_loss", []) or [math.inf])
     state = [v for r in regularizers.orthogonality_regularizers(model)
-             for v in getattr(r, "variables", [])]
+             for v in getattr(r, "variables", [])] + list(state)
     stage = os.path.basename(ctx.stage_dir).split("_", 1)[-1]
     guard = DivergenceGuard(stage, validation_batch(ctx.data), hint=(
         f"lower {stage}.learning_rate or check the input data; the last good epoch is kept "

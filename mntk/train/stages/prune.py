@@ -65,7 +65,10 @@ def _global_prune_stage(ctx, config, cfg, stage_cfg) -> StageSummary:
                                                  epsilon=float(cfg.smoothing_epsilon))
         compile_model(model, config, loss, n_steps, ctx.replicas, stage_cfg)
     extra = [gp] + ([loss.callback()] if hasattr(loss, "callback") else [])
-    history = fit(ctx, model, epochs, extra)
+    # the masks, stage counter, rewind snapshot and best metric go into the
+    # resume backup: a run killed inside the stage resumes with the masks and
+    # rewind point an uninterrupted one has there
+    history = fit(ctx, model, epochs, extra, state=gp.variables)
     sparsity = gp.sparsity()
     return StageSummary(pruning=PruningFigures(
         target=rates[-1], sparsity={k: float(v) for k, v in sparsity.items()},
