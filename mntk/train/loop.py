@@ -106,8 +106,13 @@ def _plan(full: List[str], chosen: Optional[List[str]]) -> List[Tuple[int, str]]
     return plan
 
 
+#: stages that can start without an earlier stage's model (from ``init_from``)
+STARTS_FROM_INIT = ("qat8",)
+
+
 def _earlier_model(ctx, k: int, name: str):
-    """The model of the latest finished stage before stage ``k``."""
+    """The model of the latest finished stage before stage ``k`` (None for a
+    stage that starts from ``init_from`` when there is none)."""
     for j in range(k - 1, -1, -1):
         for entry in sorted(os.listdir(os.path.join(ctx.workdir, "stages"))):
             if entry.startswith(f"{j}_"):
@@ -115,6 +120,8 @@ def _earlier_model(ctx, k: int, name: str):
                 model = load_stage_model(ctx)
                 if model is not None:
                     return model
+    if name in STARTS_FROM_INIT:
+        return None     # the stage loads init_from (or says how to set it)
     raise RecipeError(f"stage {name!r} needs the model of an earlier stage, and this work "
                       f"directory has none; run the stages before it first (drop --stages, "
                       f"or --stages=train,{name})")
