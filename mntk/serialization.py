@@ -8,8 +8,9 @@ every mntk scheme (see tests/serialization_test.py).
 
 Safe loading: a ``.keras`` file with a ``Lambda`` layer is refused by Keras
 unless ``safe_mode=False``; a legacy ``.h5`` file is not, and its Lambda
-bytecode runs on load. ``load_model`` refuses code-carrying configs in ``.h5``
-files the same way (one line naming the layer), unless ``safe_mode=False``.
+bytecode runs on load. ``load_model`` refuses code-carrying configs in
+``.h5`` and ``.keras`` files alike (``UnsafeModelError``, one line naming the
+layer), unless ``safe_mode=False``.
 
 QAT models in ``.keras``: see ``mntk.quantization.keras_format`` (applied on
 import of ``mntk.quantization``, which ``custom_objects`` imports).
@@ -53,23 +54,49 @@ def _code_carriers(config, where="model"):
     return found
 
 
-def check_h5_safe(path):
-    """Raise if the ``.h5`` file's model or training config carries code."""
-    import h5py
-    with h5py.File(path, "r") as f:
-        configs = [f.attrs.get(k) for k in ("model_config", "training_config")]
-    for raw in configs:
+class UnsafeModelError(ValueError):
+    """A model file whose config carries code (``layer``: where, ``why``:
+    what), refused unless ``safe_mode=False``."""
+
+    def __init__(self, path, layer, why):
+        self.path, self.layer, self.why = str(path), layer, why
+        super().__init__(
+            f"mntk.load_model: {path} holds code in layer {layer!r} ({why}), which "
+            "would run on load; load it with safe_mode=False only if you trust "
+            "the file's source.")
+
+
+def _refuse_code(path, raw_configs):
+    for raw in raw_configs:
         if raw is None:
             continue
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8")
         carriers = _code_carriers(json.loads(raw))
         if carriers:
-            layer, why = carriers[0]
-            raise ValueError(
-                f"mntk.load_model: {path} holds code in layer {layer!r} ({why}), which "
-                "would run on load; load it with safe_mode=False only if you trust "
-                "the file's source.")
+            raise UnsafeModelError(path, *carriers[0])
+
+
+def check_h5_safe(path):
+    """Raise ``UnsafeModelError`` if the ``.h5`` file's model or training
+    config carries code."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        _refuse_code(path, [f.attrs.get(k) for k in ("model_config", "training_config")])
+
+
+def check_keras_safe(path):
+    """Raise ``UnsafeModelError`` if the ``.keras`` file's config carries code
+    (Keras refuses it too, with a message about ``safe_mode``; this one names
+    the layer, as for ``.h5``). A file that is no readable ``.keras`` archive
+    is left to Keras, which says why."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            raw = z.read("config.json")
+    except (zipfile.BadZipFile, KeyError, OSError):
+        return
+    _refuse_code(path, [raw])
 
 
 def _legacy_functions(config):
@@ -152,6 +179,8 @@ def load_model(path, custom_objects=None, compile=True, safe_mode=True, **kwargs
             check_h5_safe(path_str)
         path = _h5_for_legacy_loader(path_str)
     elif path_str.endswith(".keras"):
+        if safe_mode:
+            check_keras_safe(path_str)
         kwargs["safe_mode"] = safe_mode
     objects = globals()["custom_objects"]()
     objects.update(custom_objects or {})

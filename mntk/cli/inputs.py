@@ -28,11 +28,16 @@ def _check_input_shape(path, model_shape, data_shape):
 
 def _load_model(path):
     """``mntk.load_model`` with a one-line error for a file that is not a model."""
-    from mntk.serialization import load_model
+    from mntk.serialization import UnsafeModelError, load_model
     try:
         return load_model(path)
     except (KeyboardInterrupt, MemoryError):
         raise
+    except UnsafeModelError as e:   # a model, but one that would run its code
+        raise UsageError(f"refused {path}: layer {e.layer!r} ({e.why}) holds code that "
+                         "would run on load; give a model without Lambda layers, or, if "
+                         "you trust its source, load it in Python with "
+                         "mntk.load_model(path, safe_mode=False)") from None
     except Exception as e:  # any reader error: the file is not a model
         raise UsageError(f"cannot load {path} as a Keras model (.keras or .h5): "
                          f"{_one_line(e)[:200]}; give a model saved by mntk or Keras") from None
