@@ -60,7 +60,8 @@ def prune_exits_stage(ctx) -> StageSummary:
             rewind=None if cfg.rewind == "none" else cfg.rewind,
             monitor=f"val_{multi.output_names[0]}_accuracy")
         compile_head_training(ctx, multi, stage_cfg)
-    history = fit(ctx, multi, epochs, [gp], mix=exit_mix(config))
+    # the masks (held ones too) and rewind state go into the resume backup
+    history = fit(ctx, multi, epochs, [gp], mix=exit_mix(config), state=gp.variables)
     figures = exit_figures(ctx, multi)
     sparsity = gp.sparsity()
     return StageSummary(early_exit=figures, pruning=PruningFigures(
