@@ -275,3 +275,53 @@ def test_keras3_and_non_model_objects_are_refused(tmp_path):
         export.to_tflite(object(), tmp_path / "x.tflite")
     with pytest.raises(TypeError, match="keras.Model"):
         export.to_tflite(layers.Dense(2), tmp_path / "x.tflite")
+
+
+def _transition_model():
+    """DenseNet's transition block: BN -> ReLU -> 1x1 conv -> AveragePooling2D."""
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Activation("relu", name="relu")(x)
+    x = layers.Conv2D(8, 1, use_bias=False, name="transition")(x)
+    x = layers.AveragePooling2D(2, strides=2, name="pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="transition")
+
+
+def test_average_pool_same_scale_violation_names_the_cause_and_the_fix(
+        digits_split, tmp_path, monkeypatch):
+    from mntk import quantization
+    x, y = digits_split[0][0][:128], digits_split[0][1][:128]
+    qat = quantization.quantize(_transition_model(), scheme="int8")
+    qat(x, training=True)  # activation ranges
+
+    class ConverterError(Exception):  # the converter's error, by its class name
+        pass
+
+    message = ("<unknown>:0: error: loc(fused[\"AvgPool:\", \"transition/quant_pool/AvgPool"
+               "@__inference_serve_42\"]): 'tfl.average_pool_2d' op quantization "
+               "parameters violate the same scale constraint: !quant.uniform<i8:f32, "
+               "0.0108> vs. !quant.uniform<i8:f32, 0.0039:-128>")
+
+    def refuse(self):
+        raise ConverterError(message)
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", refuse)
+    with pytest.raises(export.ExportError) as err:
+        export.to_tflite(qat, tmp_path / "q.tflite", quantize="int8", progress=False)
+    text = str(err.value)
+    assert "op AVERAGE_POOL_2D in layer 'pool'" in text and "same-scale" in text
+    assert "skip=['pool']" in text and "dynamic" not in text and "\n" not in text
+    monkeypatch.undo()
+    # The fix the message gives: the pool left unquantized takes its input's
+    # scale; the file converts and agrees with the QAT model.
+    fixed = quantization.quantize(_transition_model(), scheme="int8", skip=["pool"])
+    fixed(x, training=True)
+    result = export.to_tflite(fixed, tmp_path / "fixed.tflite", quantize="int8",
+                              progress=False)
+    ops, _ = _ops_and_tensors(result.path)
+    assert "AVERAGE_POOL_2D" in ops
+    parity = export.verify(result, fixed, (x, y))
+    assert parity.agreement >= 0.99 and parity.max_abs_diff < 0.05, (
+        parity.agreement, parity.max_abs_diff)

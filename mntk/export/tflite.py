@@ -47,6 +47,7 @@ accepts; elsewhere the weights are densified at load and run dense.
 """
 import dataclasses
 import os
+import re
 import sys
 import time
 
@@ -55,8 +56,8 @@ import tensorflow as tf
 
 from mntk import wrapped
 from mntk.compat import ensure_tf_keras, keras
-from mntk.export.diagnostics import (describe_converter_error, float_ops, prepare_error,
-                                     tensor_summary)
+from mntk.export.diagnostics import (_layer_for, describe_converter_error, float_ops,
+                                     prepare_error, tensor_summary)
 from mntk.export.representative import _representative_generator
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
@@ -208,12 +209,46 @@ def _convert(model, function, quantize, qat, representative_data, inference_io,
             raise
         lines = describe_converter_error(e, model)
         detail = "; ".join(lines) if lines else str(e).splitlines()[0]
-        hint = ("TFLite has no (int8) kernel for it: replace the layer with "
-                "builtin ops" + (", or use quantize='dynamic'" if quantize == "int8"
-                                 else "") + ".")
+        same_scale = _same_scale_violation(e, model)
+        if same_scale:
+            detail, hint = same_scale
+        elif qat:
+            # quantize='dynamic' is refused for QAT models: leaving the layer
+            # float is the way out there.
+            hint = ("TFLite has no int8 kernel for it: replace the layer with builtin "
+                    "ops, or leave it float with mntk.quantization.quantize(..., "
+                    "skip=[layer name]).")
+        else:
+            hint = ("TFLite has no (int8) kernel for it: replace the layer with "
+                    "builtin ops" + (", or use quantize='dynamic'" if quantize == "int8"
+                                     else "") + ".")
         raise ExportError(
             f"TFLite conversion of {model.name!r} (quantize={quantize!r}) failed: "
             f"{detail}. {hint}") from e
+
+
+def _same_scale_violation(error, model):
+    """``(detail, hint)`` when the converter refused a QAT model because an op
+    whose int8 kernel reads and writes one scale (AVERAGE_POOL_2D, MAX_POOL_2D,
+    RESHAPE, CONCATENATION, ...; the converter's "same scale constraint") got
+    different input and output ranges, else None."""
+    text = " ".join(str(error).split())
+    found = re.search(r"'tfl\.(\w+)' op quantization parameters violate the same "
+                      r"scale constraint", text)
+    if not found:
+        return None
+    op = found.group(1).upper()
+    layer = _layer_for(text[:found.start()], model) or _layer_for(text, model)
+    if layer:  # the user's layer name, not its QAT wrapper's (quant_<name>)
+        layer = wrapped.unwrap(model.get_layer(layer)).name
+    where = f"op {op} in layer {layer!r}" if layer else f"op {op} (layer not identified)"
+    name = repr(layer) if layer else "that layer"
+    return (f"{where}: TFLite's int8 {op} kernel keeps its input's scale, and the "
+            "QAT model quantizes its input and output with different ranges (the "
+            "converter's same-scale constraint)",
+            f"Leave the layer's output unquantized so it takes its input's scale: "
+            f"mntk.quantization.quantize(model, scheme, skip=[{name}]) (a layer "
+            "without weights computes the same function unquantized).")
 
 
 def to_tflite(model, path, quantize="none", representative_data=None, *,
