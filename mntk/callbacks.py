@@ -232,6 +232,13 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
       bn_steps: batches of ``bn_data`` to use (default: all).
       swap_at_end: put the average into the model when training ends
         (otherwise call ``swap()``).
+      cycle: 0 (default): one average over the whole fit. k > 0: every k
+        epochs the average is put into the model (``swap()``) and a new one
+        starts from there, with n (and so ``start``) counted from the cycle's
+        first step: Texas-EIC's three 1-epoch SWA fine-tunes in a row, each
+        from the last one's average, are ``cycle=1`` over 3 epochs. The
+        swap happens at the cycle's last ``on_epoch_end``, before the
+        runner's backup of that epoch.
 
     State (``variables``: the running average and the count) is in
     ``tf.Variable``s, so a resumed run continues the same average.
@@ -239,7 +246,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
 
     def __init__(self, start=0.0, period=1.0, steps_per_epoch=None, weights="trainable",
                  bn_data=None, bn_steps=None, recompute_bn=True, swap_at_end=True,
-                 model=None):
+                 model=None, cycle=0):
         super().__init__()
         if float(start) < 0 or float(period) <= 0:
             raise ValueError(f"StochasticWeightAveraging: start={start!r} must be >= 0 and "
@@ -252,6 +259,10 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self.weights = weights
         self.bn_data, self.bn_steps = bn_data, bn_steps
         self.recompute_bn, self.swap_at_end = bool(recompute_bn), bool(swap_at_end)
+        if int(cycle) < 0:
+            raise ValueError(f"StochasticWeightAveraging: cycle={cycle!r} must be >= 0 "
+                             "(epochs per average; 0: one average).")
+        self.cycle = int(cycle)
         self._built_for = None
         if model is not None:
             self.set_model(model)
@@ -275,6 +286,11 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     @property
     def variables(self):
         return list(self.average) + [self.count]
+
+    @property
+    def state_variables(self):
+        """What a resumed run must restore (pass it to ``mntk.train``'s ``fit(state=)``)."""
+        return self.variables if self._built_for is not None else []
 
     def _update(self):
         k = tf.cast(self.count, tf.float32)
@@ -302,13 +318,16 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = int(epoch)
+        if self.cycle and self._epoch % self.cycle == 0:
+            self._last = None     # a new cycle counts its steps from 0
 
     def _points(self, n):
         """Averaging points among the first n steps."""
         return 0 if n < self._first else (n - self._first) // self._every + 1
 
     def on_train_batch_end(self, batch, logs=None):
-        n = self._epoch * self._steps + int(batch) + 1
+        epoch = self._epoch % self.cycle if self.cycle else self._epoch
+        n = epoch * self._steps + int(batch) + 1
         # with steps_per_execution > 1 batches arrive in strides: average once
         # when a point was passed since the last call
         last = n - 1 if self._last is None else self._last
@@ -327,7 +346,14 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if self.recompute_bn and self.bn_data is not None:
             recompute_batch_norm(self.model, self.bn_data, self.bn_steps)
 
+    def on_epoch_end(self, epoch, logs=None):
+        if self.cycle and (int(epoch) + 1) % self.cycle == 0:
+            self.swap()
+            self.count.assign(0)   # the next cycle averages from scratch
+
     def on_train_end(self, logs=None):
+        if self.cycle and int(self.count.numpy()) == 0:
+            return   # the last cycle's average is already in the model
         if self.swap_at_end:
             self.swap()
 
@@ -336,7 +362,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         return {"start": self.start, "period": self.period,
                 "steps_per_epoch": self.steps_per_epoch, "weights": self.weights,
                 "bn_steps": self.bn_steps, "recompute_bn": self.recompute_bn,
-                "swap_at_end": self.swap_at_end}
+                "swap_at_end": self.swap_at_end, "cycle": self.cycle}
 
     @classmethod
     def from_config(cls, config, model=None, bn_data=None):

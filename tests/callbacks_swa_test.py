@@ -112,3 +112,25 @@ def test_errors_say_what_to_do():
                      callbacks=[StochasticWeightAveraging(start=5)])
     with pytest.raises(ValueError, match="period"):
         StochasticWeightAveraging(period=0)
+
+
+def test_cycles_swap_each_average_in_and_restart():
+    """Texas-EIC's SWA fine-tune three times in a row: cycle=1 epoch."""
+    x, y = _data()
+    model = _model()
+    recorder = _EveryStep(steps=4)
+    # 4 steps an epoch; in each epoch: start after step 2 of it, every step
+    swa = StochasticWeightAveraging(start=0.5, period=0.25, cycle=1)
+    swapped = {}
+
+    class AfterEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            swapped[epoch] = [w.numpy().copy() for w in model.trainable_weights]
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+              callbacks=[recorder, swa, AfterEpoch()])
+    for got, want in zip(swapped[0], _mean(recorder.seen, [2, 3, 4])):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(model.trainable_weights, _mean(recorder.seen, [6, 7, 8])):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert int(swa.count.numpy()) == 0
+    assert StochasticWeightAveraging.from_config(swa.get_config()).cycle == 1

@@ -168,6 +168,10 @@ def test_cross_entropy_with_logit_distance_matches_numpy():
     plain = CrossEntropyWithLogitDistance(alpha=alpha, distance=0.0)
     assert float(plain(y, z)) == pytest.approx(np.mean(25.0 * ce), rel=1e-5)
     assert CrossEntropyWithLogitDistance.from_config(loss.get_config()).alpha == 25.0
+    smooth = CrossEntropyWithLogitDistance(distance=0.0, label_smoothing=0.1)
+    targets = np.full((5, 4), 0.1 / 4)
+    targets[np.arange(5), y] += 0.9
+    assert float(smooth(y, z)) == pytest.approx(np.mean(-(targets * logp).sum(1)), rel=1e-5)
 
 
 def test_cost_term_is_sign_times_beta_times_m():

@@ -184,12 +184,18 @@ def test_texas_learned_bits_fall_toward_target_then_freeze(tmp_path_factory):
     learned = stage_summary(workdir, 2, "quantize")["quantization"]
     finetuned = stage_summary(workdir, 3, "finetune")["quantization"]
     assert learned["scheme"] == "learned" and learned["distillation"]
-    assert learned["cost_target"]["target"] == pytest.approx(2.94)
+    # the entry's objective: sign(M - target) * beta * M on the score, beta per phase
+    target = learned["cost_target"]
+    assert target["measure"] == "score" and target["relative"] is False
+    assert learned["phases"] == [list(p) for p in config.quantize.phases]
+    assert learned["history"]["phase_beta"] == [p[2] for p in config.quantize.phases]
+    # it started from the qat8 model's ranges
+    assert os.path.exists(os.path.join(workdir, "stages", "1_qat8", "quantizer_ranges.json"))
     bits = learned["history"]["mean_weight_bits"]
     assert bits[-1] < 8.0 and bits[-1] <= bits[0]
     assert learned["mean_activation_bits"] is not None
     # finetune: bit widths frozen, so the mean bits do not move
-    assert finetuned["frozen_bit_widths"] > 0
+    assert finetuned["frozen_bit_widths"] > 0 and finetuned["swa"]["cycle"] == 1
     assert finetuned["mean_weight_bits"] == pytest.approx(learned["mean_weight_bits"])
     assert summary["quantization"]["frozen_bit_widths"] == finetuned["frozen_bit_widths"]
     assert summary["cost"]["task"] == "imagenet"

@@ -153,21 +153,26 @@ class BitWidthAdam(keras.optimizers.Adam):
 class CrossEntropyWithLogitDistance(keras.losses.Loss):
     """Texas-EIC's loss without the cost term (trainer.py:69-159):
 
-        alpha * CE(y, z) + d * sum_k sqrt((z_k - t_k)^2 + eps)       (mean over the batch)
+        alpha * CE(y_s, z) + d * sum_k sqrt((z_k - t_k)^2 + eps)       (mean over the batch)
 
-    z the student's logits, t the float teacher's. With ``distance > 0``,
+    z the student's logits, t the float teacher's, y_s the one-hot label
+    smoothed as ``(1 - s) * y + s / K`` (Szegedy et al. 2016, arXiv 1512.00567;
+    TF-slim's and Keras' ``label_smoothing``; the entry's 8-bit QAT used s = 0.1)
+    from integer labels. With ``distance > 0``,
     ``y_true`` rows are ``[label, teacher logits...]`` (as ``mntk.train``'s
     ``fit(teacher=...)`` and ``mntk.losses.Distillation`` build them); with
     ``distance == 0`` they are the integer labels. ``alpha`` may be a
     ``tf.Variable`` (``PrecisionPhases.alpha``), read at every step.
     """
 
-    def __init__(self, alpha=1.0, distance=0.01, epsilon=1e-5, name="ce_logit_distance",
-                 **kwargs):
+    def __init__(self, alpha=1.0, distance=0.01, epsilon=1e-5, label_smoothing=0.0,
+                 name="ce_logit_distance", **kwargs):
         super().__init__(name=name, **kwargs)
-        if float(distance) < 0 or float(epsilon) <= 0:
+        if float(distance) < 0 or float(epsilon) <= 0 or not 0 <= float(label_smoothing) < 1:
             raise ValueError(f"CrossEntropyWithLogitDistance: distance={distance!r} must be "
-                             f">= 0 and epsilon={epsilon!r} > 0.")
+                             f">= 0, epsilon={epsilon!r} > 0 and label_smoothing="
+                             f"{label_smoothing!r} in [0, 1).")
+        self.label_smoothing = float(label_smoothing)
         self.alpha = alpha if isinstance(alpha, tf.Variable) else float(alpha)
         self.distance, self.epsilon = float(distance), float(epsilon)
 
@@ -178,8 +183,14 @@ class CrossEntropyWithLogitDistance(keras.losses.Loss):
             labels, teacher = y_true[:, 0], y_true[:, 1:]
         else:
             labels = tf.reshape(y_true, [-1])
-        ce = keras.losses.sparse_categorical_crossentropy(
-            tf.cast(labels, tf.int32), y_pred, from_logits=True)
+        if self.label_smoothing:
+            k = tf.shape(y_pred)[-1]
+            targets = tf.one_hot(tf.cast(labels, tf.int32), k) * (1.0 - self.label_smoothing) \
+                + self.label_smoothing / tf.cast(k, tf.float32)
+            ce = -tf.reduce_sum(targets * tf.nn.log_softmax(y_pred), axis=-1)
+        else:
+            ce = keras.losses.sparse_categorical_crossentropy(
+                tf.cast(labels, tf.int32), y_pred, from_logits=True)
         loss = tf.cast(self.alpha, tf.float32) * ce
         if self.distance:
             loss += self.distance * tf.reduce_sum(
@@ -190,7 +201,8 @@ class CrossEntropyWithLogitDistance(keras.losses.Loss):
         config = super().get_config()
         config.update({"alpha": float(self.alpha.numpy())
                        if isinstance(self.alpha, tf.Variable) else self.alpha,
-                       "distance": self.distance, "epsilon": self.epsilon})
+                       "distance": self.distance, "epsilon": self.epsilon,
+                       "label_smoothing": self.label_smoothing})
         return config
 
 

@@ -113,12 +113,15 @@ def _load_kernel_ranges(model, ranges, done, missing):
             done.append(key)
 
 
-def load_quantizer_ranges(model, ranges) -> List[str]:
+def load_quantizer_ranges(model, ranges, kernels=True) -> List[str]:
     """Start every learned activation quantizer of ``model`` at ``ranges[key]``
     (and every tfmot 8-bit one, e.g. the input's, at the same range)
     and every learned kernel quantizer at its twin's r_c (from
     ``quantizer_ranges`` of the 8-bit QAT model made from the same float
-    model). Returns the keys set.
+    model). ``kernels=False`` leaves the kernels' ranges to the learned
+    quantizers' own start, max|w| of the current weights (right when the
+    weights were averaged after the QAT model last saw them: an EMA). Returns
+    the keys set.
 
     Raises:
       ValueError: a learned quantizer has no range in ``ranges`` (the models
@@ -148,7 +151,8 @@ def load_quantizer_ranges(model, ranges) -> List[str]:
         variables["beta"].assign(0.0)
         variables["initialized"].assign(1.0)
         done.append(key)
-    _load_kernel_ranges(model, ranges, done, missing)
+    if kernels:
+        _load_kernel_ranges(model, ranges, done, missing)
     if missing:
         raise ValueError(f"load_quantizer_ranges: model {model.name!r} has activation "
                          f"quantizers with no range given: {missing}; the ranges "

@@ -87,6 +87,16 @@ def sums_to_one(v):
         else "must be three fractions (train, validation, test) in (0, 1) summing to 1"
 
 
+def loss_phases(v):
+    for i, p in enumerate(v):
+        if not (isinstance(p, (tuple, list)) and len(p) == 4 and _number(p[0])
+                and float(p[0]).is_integer() and p[0] >= 1 and _number(p[1]) and p[1] >= 0
+                and _number(p[2]) and p[2] >= 0 and isinstance(p[3], bool)):
+            return (f"phase {i} {p!r} must be (epochs >= 1, alpha >= 0, beta >= 0, "
+                    "train_bits True/False), e.g. ((3, 7.0, 85.0, True), (3, 7.0, 115.0, True))")
+    return None
+
+
 def skip_layers(v):
     return None if v in ("default", "none") or isinstance(v, (tuple, list)) else \
         "must be 'default', 'none' or a tuple of layer names"
@@ -268,16 +278,55 @@ FIELDS: Tuple[Field, ...] = (
     F("quantize.activation_per_channel", bool, None,
       doc="learned activation grids per channel (Texas-EIC); TFLite maps them per tensor"),
     F("quantize.cost_target.enabled", bool, False, doc="mntk.losses.CostTarget"),
-    F("quantize.cost_target.target", float, None, positive, doc="mean weight bits"),
-    F("quantize.cost_target.coefficient", float, 0.1, non_negative),
+    F("quantize.cost_target.target", float, None, positive,
+      doc="the measure's target (mean bits, or the MicroNet score: Texas-EIC 0.18)"),
+    F("quantize.cost_target.coefficient", float, 0.1, non_negative,
+      doc="its weight (quantize.phases set it per phase: their beta)"),
     F("quantize.cost_target.include_activations", bool, False),
+    F("quantize.cost_target.measure", str, "weight_bits", one_of("weight_bits", "bits", "score"),
+      doc="mean weight bits, mean weight+activation bits, or the differentiable score M"),
+    F("quantize.cost_target.relative", bool, True,
+      doc="divide by the target (False: the entry's sign(M - target) * beta * M)"),
     F("quantize.distillation.enabled", bool, False, doc="from the float model"),
+    F("quantize.distillation.form", str, "hinton", one_of("hinton", "logit_distance"),
+      doc="mntk.losses.Distillation, or Texas-EIC's distance * sum sqrt((z - t)^2 + 1e-5) "
+      "(mntk.quantization.CrossEntropyWithLogitDistance)"),
     F("quantize.distillation.temperature", float, 4.0, positive),
-    F("quantize.distillation.alpha", float, 0.5, fraction),
+    F("quantize.distillation.alpha", float, 0.5, fraction, doc="hinton: the KD share"),
+    F("quantize.distillation.distance", float, 0.01, non_negative,
+      doc="logit_distance: its weight (Texas-EIC 0.01)"),
+    F("quantize.phases", tuple, (), loss_phases,
+      doc="learned: loss phases (epochs, alpha, beta, train_bits): alpha weights the "
+      "cross-entropy, beta is the cost term's coefficient (mntk.quantization.PrecisionPhases); "
+      "their epochs are the stage's"),
+    F("quantize.bits_learning_rate", float, None, positive,
+      doc="learned: the bit widths' own Adam rate (mntk.quantization.BitWidthAdam; "
+      "Texas-EIC 1e-3); None: the stage's rate"),
+    F("quantize.bits_tenths", str, "all", one_of("all", "alternate"),
+      doc="learned: bits trained in every step, or in alternate tenths of an epoch (Texas-EIC)"),
+    F("quantize.init_ranges", str, "calibrate", one_of("calibrate", "qat8"),
+      doc="learned: ranges from the first batch, or the qat8 stage's 8-bit ranges "
+      "(mntk.quantization.transfer)"),
     *stage_optimizer("quantize"),
     # qat8: 8-bit QAT of a trained float model (init_from or the previous stage's)
+    F("qat8.label_smoothing", float, 0.0, below_one,
+      doc="label smoothing of the QAT cross-entropy, integer labels too (Texas-EIC 0.1)"),
+    F("qat8.ema_decay", float, 0.0, below_one,
+      doc="EMA of the weights (the optimizer's use_ema); the stage evaluates and hands on "
+      "the averaged weights (Texas-EIC 0.9999); 0: off"),
     *stage_optimizer("qat8"),
     # finetune
+    F("finetune.alpha", float, 1.0, non_negative,
+      doc="weight of the cross-entropy when quantize.phases or the logit_distance "
+      "distillation is on (Texas-EIC's last phase: 25)"),
+    F("finetune.swa.enabled", bool, False, doc="mntk.callbacks.StochasticWeightAveraging"),
+    F("finetune.swa.start", float, 0.0, non_negative, doc="epochs before the first average"),
+    F("finetune.swa.period", float, 1.0, positive, doc="epochs between averaged points"),
+    F("finetune.swa.cycle", int, 0, at_least(0),
+      doc="load the average into the model and start a new one every this many epochs "
+      "(Texas-EIC: three 1-epoch SWA runs); 0: one average over the stage"),
+    F("finetune.swa.recompute_bn", bool, True,
+      doc="recompute BatchNorm statistics for the average (one pass over the training data)"),
     *stage_optimizer("finetune"),
     # export
     F("export.kinds", tuple, ("float", "int8"), each(one_of(*EXPORT_KINDS))),

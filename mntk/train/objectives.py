@@ -118,9 +118,10 @@ def first_column_accuracy(y_true, y_pred):
 
 
 def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1,
-                  train_cfg=None, metrics=None):
+                  train_cfg=None, metrics=None, **optimizer_options):
     """``model.compile`` with the recipe's optimizer (``train_cfg``: a stage's
-    merged optimizer fields; default ``config.train``). A coupled L2 term
+    merged optimizer fields; default ``config.train``; ``optimizer_options``:
+    ``make_optimizer``'s ``ema_decay`` and ``bits``). A coupled L2 term
     (``l2``, ``l2_on``) is added to the model's losses once per model."""
     cfg = train_cfg or config.train
     if float(cfg.l2 or 0.0) > 0:
@@ -132,5 +133,5 @@ def compile_model(model, config, loss, steps_per_epoch: int, replicas: int = 1,
         elif attached != wanted:
             raise RecipeError(f"model {model.name!r} already carries coupled L2 {attached}; "
                               f"a stage asked for {wanted}. Use the same l2 and l2_on.")
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, replicas),
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, replicas, **optimizer_options),
                   loss=loss, metrics=metrics or [accuracy_metric(config)])

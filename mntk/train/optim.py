@@ -48,16 +48,34 @@ def make_schedule(cfg, steps_per_epoch: int, replicas: int = 1):
                       f"{', '.join(SCHEDULES)}.")
 
 
-def make_optimizer(cfg, steps_per_epoch: int, replicas: int = 1):
-    """SGD/Adam/AdamW with ``make_schedule``'s learning rate."""
+def make_optimizer(cfg, steps_per_epoch: int, replicas: int = 1, ema_decay: float = 0.0,
+                   bits=None):
+    """SGD/Adam/AdamW with ``make_schedule``'s learning rate.
+
+    ``ema_decay``: keep an exponential moving average of the weights, put into
+    the model when ``fit`` ends (Keras ``use_ema``: a <- d a + (1 - d) w each
+    step). ``bits``: ``mntk.quantization.BitWidthAdam``'s options
+    (``bits_learning_rate`` per replica, scaled like the rate;
+    ``bits_tenths``; ``steps_per_epoch``) for Adam.
+    """
     schedule = make_schedule(cfg, steps_per_epoch, replicas)
     wd = float(cfg.weight_decay) or None
+    extra = {"use_ema": True, "ema_momentum": float(ema_decay)} if ema_decay else {}
+    if bits is not None:
+        if cfg.optimizer != "adam":
+            raise RecipeError(f"the bit widths' own rate and tenths need optimizer 'adam' "
+                              f"(mntk.quantization.BitWidthAdam), got {cfg.optimizer!r}; set "
+                              "the stage's optimizer='adam'.")
+        from mntk.quantization import BitWidthAdam
+        scale = (replicas if cfg.scale_with_replicas else 1)
+        return BitWidthAdam(schedule, weight_decay=wd, **extra, **dict(
+            bits, bits_learning_rate=float(bits["bits_learning_rate"]) * scale))
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(schedule, momentum=float(cfg.momentum),
-                                    nesterov=bool(cfg.nesterov), weight_decay=wd)
+                                    nesterov=bool(cfg.nesterov), weight_decay=wd, **extra)
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(schedule, weight_decay=wd)
+        return keras.optimizers.Adam(schedule, weight_decay=wd, **extra)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=float(cfg.weight_decay))
+        return keras.optimizers.AdamW(schedule, weight_decay=float(cfg.weight_decay), **extra)
     raise RecipeError(f"train.optimizer={cfg.optimizer!r} is unknown; use one of "
                       f"{', '.join(OPTIMIZERS)}.")

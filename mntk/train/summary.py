@@ -160,6 +160,8 @@ class QuantizationFigures(_Figures):
     distillation: bool = False
     cost_target: Optional[Dict[str, Any]] = None
     frozen_bit_widths: Optional[int] = None      # finetune only
+    phases: Optional[List[Any]] = None           # quantize.phases (Texas-EIC)
+    swa: Optional[Dict[str, Any]] = None         # finetune.swa
     size: Dict[str, Any] = dataclasses.field(default_factory=dict)
     history: History = dataclasses.field(default_factory=dict)
     cost: Optional[CostFigures] = None

@@ -6,7 +6,10 @@ The float model is ``init_from`` (a .keras/.h5 file) when no earlier stage
 made one, else the previous stage's. After fitting, the QAT weights are copied
 back into the float model, so the next stage (``quantize`` with the learned
 scheme) starts from them; the int8 TFLite file of the QAT model is verified
-with LiteRT like the other quantized stages.
+with LiteRT like the other quantized stages. ``qat8.label_smoothing`` and
+``qat8.ema_decay`` (an exponential moving average of the weights, which the
+stage ends with) are the entry's QAT settings; the 8-bit ranges are written
+to ``quantizer_ranges.json`` for ``quantize.init_ranges="qat8"``.
 """
 import os
 
@@ -14,10 +17,12 @@ from mntk import quantization
 from mntk.serialization import load_model
 from mntk.train.errors import RecipeError
 from mntk.train.fit import fit
-from mntk.train.objectives import base_loss, compile_model
+from mntk.compat import keras
+from mntk.train.objectives import base_loss, compile_model, soft_labels
 from mntk.train.schema import section_train_config
 from mntk.train.stages.quantize import quantized_figures
 from mntk.train.summary import StageSummary
+from mntk.train.stages import _precision
 
 
 def initial_model(ctx):
@@ -61,8 +66,17 @@ def qat8_stage(ctx) -> StageSummary:
         if ctx.model is None:
             ctx.model = initial_model(ctx)
         model = quantization.quantize(ctx.model, scheme="int8")
-        compile_model(model, config, base_loss(config), ctx.steps(), ctx.replicas, stage_cfg)
+        smoothing = float(config.qat8.label_smoothing)
+        loss = base_loss(config) if not smoothing else (
+            keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+            if soft_labels(config) else
+            quantization.CrossEntropyWithLogitDistance(distance=0.0, label_smoothing=smoothing))
+        compile_model(model, config, loss, ctx.steps(), ctx.replicas, stage_cfg,
+                      ema_decay=float(config.qat8.ema_decay))
+    # with ema_decay, fit ends by putting the averaged weights into the model:
+    # what is evaluated, exported and handed on below
     history = fit(ctx, model, int(stage_cfg.epochs), [])
+    _precision.save_ranges(ctx, model)
     figures = quantized_figures(ctx, model, history, "model_qat8_int8.tflite", scheme="int8",
                                 distillation=False, cost_target=None)
     copied = copy_qat_weights(ctx.model, model)

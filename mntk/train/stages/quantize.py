@@ -5,7 +5,11 @@ TFLite file verified against Keras with LiteRT.
 
 ``quantize.cost_target`` (learned scheme) adds ``mntk.losses.CostTarget`` to
 the loss; ``quantize.distillation`` fits ``mntk.losses.Distillation``
-(Hinton et al. 2015) against the float model of the latest earlier stage.
+(Hinton et al. 2015), or Texas-EIC's logit distance
+(``mntk.quantization.CrossEntropyWithLogitDistance``), against the float
+model of the latest earlier stage. Texas-EIC's loss phases, the bit widths'
+own rate and tenths and the start from the qat8 stage's ranges are
+``_precision``'s.
 The helpers here (``loss_and_teacher``, ``quantized_figures``) are shared
 with the ``finetune`` stage.
 """
@@ -21,6 +25,7 @@ from mntk.train.objectives import base_loss, compile_model, first_column_accurac
 from mntk.wrapped import is_pruned
 from mntk.train.schema import SCHEMES, section_train_config
 from mntk.train.summary import QuantizationFigures, StageSummary
+from mntk.train.stages import _precision
 
 LEARNED_FIELDS = ("init_bits", "min_bits", "max_bits", "learn_activations",
                   "activation_init_bits", "activation_min_bits", "activation_max_bits",
@@ -71,9 +76,23 @@ def teacher_model(ctx):
                       "(e.g. 'train') in config.stages.")
 
 
-def loss_and_teacher(ctx, cfg):
-    """(loss, teacher model or None, metrics or None) of a quantized stage."""
+def loss_and_teacher(ctx, cfg, alpha=None):
+    """(loss, teacher model or None, metrics or None) of a quantized stage.
+
+    ``alpha`` (a float or ``PrecisionPhases.alpha``): the cross-entropy's
+    weight, Texas-EIC's loss (``CrossEntropyWithLogitDistance``); None: the
+    recipe's base loss."""
     distill = cfg.distillation
+    if distill.enabled and distill.form == "logit_distance":
+        loss = quantization.CrossEntropyWithLogitDistance(
+            alpha=1.0 if alpha is None else alpha, distance=float(distill.distance))
+        return loss, teacher_model(ctx), [first_column_accuracy]
+    if alpha is not None:
+        if distill.enabled:
+            raise RecipeError("quantize.phases weight the cross-entropy, which "
+                              "quantize.distillation.form='hinton' replaces; use "
+                              "form='logit_distance' (Texas-EIC) or no distillation.")
+        return quantization.CrossEntropyWithLogitDistance(alpha=alpha, distance=0.0), None, None
     if not distill.enabled:
         return base_loss(ctx.config), None, None
     loss = losses.Distillation(temperature=float(distill.temperature), alpha=float(distill.alpha))
@@ -84,10 +103,13 @@ def quantize_stage(ctx) -> StageSummary:
     config, cfg = ctx.config, ctx.config.quantize
     stage_cfg = section_train_config(config, "quantize")
     n_steps = ctx.steps()
-    loss, teacher, metrics = loss_and_teacher(ctx, cfg)
+    schedule = _precision.phases(cfg)
+    loss, teacher, metrics = loss_and_teacher(ctx, cfg, schedule and schedule.alpha)
     target_cfg = cfg.cost_target
     with ctx.strategy.scope():
         model = quantization.quantize(ctx.model, scheme=make_scheme(cfg), skip=_skip(cfg))
+        if cfg.init_ranges == "qat8":
+            _precision.load_ranges(ctx, model, kernels=not config.qat8.ema_decay)
         if target_cfg.enabled:
             if cfg.scheme != "learned":
                 raise RecipeError("quantize.cost_target needs quantize.scheme='learned' "
@@ -96,15 +118,21 @@ def quantize_stage(ctx) -> StageSummary:
                 raise RecipeError("quantize.cost_target.enabled needs quantize.cost_target.target "
                                   "(the mean weight bits to reach), e.g. 2.94.")
             model.add_loss(losses.CostTarget(
-                model, target=float(target_cfg.target), coefficient=float(target_cfg.coefficient),
-                include_activations=bool(target_cfg.include_activations)))
-        compile_model(model, config, loss, n_steps, ctx.replicas, stage_cfg, metrics)
-    history = fit(ctx, model, int(stage_cfg.epochs), [], teacher=teacher)
+                model, target=float(target_cfg.target), measure=target_cfg.measure,
+                coefficient=schedule.beta if schedule else float(target_cfg.coefficient),
+                include_activations=bool(target_cfg.include_activations),
+                relative=bool(target_cfg.relative), task=config.cost.task or "imagenet"))
+        compile_model(model, config, loss, n_steps, ctx.replicas, stage_cfg, metrics,
+                      bits=_precision.bit_options(cfg, stage_cfg, n_steps, schedule))
+    epochs = _precision.stage_epochs(cfg, stage_cfg, schedule)
+    history = fit(ctx, model, epochs, [schedule] if schedule else [], teacher=teacher)
+    model._mntk_phases = schedule   # the finetune stage zeroes its beta
     ctx.model = model
     return StageSummary(quantization=quantized_figures(
         ctx, model, history, f"model_{cfg.scheme}_int8.tflite", scheme=cfg.scheme,
         distillation=teacher is not None,
-        cost_target=dict(target_cfg.items()) if target_cfg.enabled else None))
+        cost_target=dict(target_cfg.items()) if target_cfg.enabled else None,
+        phases=[list(p) for p in cfg.phases] or None))
 
 
 def quantized_figures(ctx, model, history, filename, **fields) -> QuantizationFigures:
