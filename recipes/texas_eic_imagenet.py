@@ -177,6 +177,6 @@ def smoke(c):
     c.quantize.learning_rate = 1e-3
     c.quantize.bits_learning_rate = 3e-2
     c.quantize.cost_target.target = 1e-5
-    c.finetune.epochs = 2
+    c.finetune.epochs = 1
     c.finetune.learning_rate = 1e-4
     c.export.verify_examples = 64

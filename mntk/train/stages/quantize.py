@@ -103,7 +103,8 @@ def quantize_stage(ctx) -> StageSummary:
     config, cfg = ctx.config, ctx.config.quantize
     stage_cfg = section_train_config(config, "quantize")
     n_steps = ctx.steps()
-    schedule = _precision.phases(cfg)
+    with ctx.strategy.scope():   # its alpha and beta are read in every replica's step
+        schedule = _precision.phases(cfg)
     loss, teacher, metrics = loss_and_teacher(ctx, cfg, schedule and schedule.alpha)
     target_cfg = cfg.cost_target
     with ctx.strategy.scope():
