@@ -157,7 +157,7 @@ def get_config(arg=None):
 def smoke(c):
     """Under a minute on CPU: the mntk digits CNN (every layer kind of B0:
     depthwise, inverted residual, squeeze-excite) on digits at 16x16 RGB,
-    trained 10 steps in a first stage to stand in for the float B0; 10 steps
+    trained 20 steps in a first stage to stand in for the float B0; 10 steps
     an epoch (the fewest the alternate tenths allow)."""
     c.stages = ("train", "qat8", "quantize", "finetune")
     c.data = ml_collections.ConfigDict(
@@ -165,7 +165,7 @@ def smoke(c):
          "fractions": (0.6, 0.2, 0.2)})
     c.model.name = "digits_cnn"
     c.model.kwargs = ml_collections.ConfigDict({"width": 16})
-    c.train.epochs = 1
+    c.train.epochs = 2
     c.train.max_steps_per_epoch = 10
     c.train.learning_rate = 3e-3
     c.qat8.epochs = 1
