@@ -92,6 +92,10 @@ CASES = {
     "mntk>Distillation": Case(
         lambda: mntk.losses.Distillation(temperature=3.0, alpha=0.4),
         (np.concatenate([_LABELS[:, None], _LOGITS[::-1]], 1).astype("float32"), _LOGITS)),
+    "mntk>CrossEntropyWithLogitDistance": Case(
+        lambda: mntk.quantization.CrossEntropyWithLogitDistance(alpha=7.0, distance=0.01,
+                                                                label_smoothing=0.1),
+        (np.concatenate([_LABELS[:, None], _LOGITS[::-1]], 1).astype("float32"), _LOGITS)),
     "mntk>ExitWeightedLoss": Case(
         lambda: mntk.early_exit.ExitWeightedLoss(
             keras.losses.SparseCategoricalCrossentropy(from_logits=True), weight=0.3),
@@ -135,6 +139,8 @@ CASES = {
         lambda: mntk.losses.AdaptiveSmoothingRefresh([_adaptive_smoothing()])),
     "mntk>CoefficientSchedule": Case(
         lambda: mntk.callbacks.CoefficientSchedule({0: 0.1, 20: 1e-3}, base=0.5)),
+    "mntk>BitWidthAdam": Case(lambda: mntk.quantization.BitWidthAdam(
+        3e-6, bits_learning_rate=1e-3, steps_per_epoch=50, bits_tenths="alternate")),
     "mntk>CostLogger": Case(lambda: mntk.cost.CostLogger(task="imagenet", every=2,
                                                          input_shape=(8, 8, 3))),
     "mntk>CostTarget": Case(lambda: mntk.losses.CostTarget(target=3.0, coefficient=0.2)),
