@@ -206,3 +206,25 @@ def test_recipe_field_turns_per_channel_activations_on():
     assert make_scheme(on.quantize).activation_quantizer().per_channel
     off = resolve(digits.get_config(), [("quantize.scheme", "learned")])
     assert not make_scheme(off.quantize).activation_quantizer().per_channel
+
+
+def test_quantizer_ranges_of_per_channel_grids_are_the_union(small_pc):
+    """quantization.transfer reads a per-channel quantizer as its channels'
+    union range and starts every channel from a given per-tensor range."""
+    from mntk.quantization.transfer import load_quantizer_ranges, quantizer_ranges
+    model, _ = small_pc
+    v = _c1_vars(model)
+    saved = model.get_weights()
+    try:
+        width = v["hi"].numpy() - v["lo"].numpy()
+        v["alpha"].assign(np.linspace(0.5, 1.5, 8).astype(np.float32))
+        lo0, alpha = v["lo"].numpy(), v["alpha"].numpy()
+        lo, hi = quantizer_ranges(model)["quant_c1/post_activation"]
+        assert lo == pytest.approx(lo0.min()) and hi == pytest.approx(
+            (lo0 + alpha * width).max(), rel=1e-6)
+        load_quantizer_ranges(model, {k: (-0.5, 3.0) for k in quantizer_ranges(model)},
+                              kernels=False)
+        np.testing.assert_array_equal(v["lo"].numpy(), np.full(8, -0.5, np.float32))
+        np.testing.assert_array_equal(v["alpha"].numpy(), np.ones(8, np.float32))
+    finally:
+        model.set_weights(saved)

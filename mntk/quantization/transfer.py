@@ -77,11 +77,13 @@ def quantizer_ranges(model) -> Dict[str, Tuple]:
                     np.ravel(np.asarray(w.variables["max_var"], np.float64)).tolist())
     for key, quantizer, variables in _activation_entries(model):
         if _is_learned(quantizer):
-            lo0, hi0 = float(np.asarray(variables["lo"])), float(np.asarray(variables["hi"]))
-            alpha = float(np.asarray(variables["alpha"]))
-            beta = float(np.asarray(variables["beta"]))
+            lo0, hi0 = (np.asarray(variables[k], np.float64) for k in ("lo", "hi"))
+            alpha, beta = (np.asarray(variables[k], np.float64) for k in ("alpha", "beta"))
             width = hi0 - lo0
-            out[key] = (lo0 + beta * width, lo0 + (beta + alpha) * width)
+            # per-channel grids (per_channel=True): the union of the channels'
+            # ranges, the one range per tensor that TFLite and tfmot hold
+            out[key] = (float(np.min(lo0 + beta * width)),
+                        float(np.max(lo0 + (beta + alpha) * width)))
         elif "min_var" in variables and "max_var" in variables:
             out[key] = (float(np.asarray(variables["min_var"])),
                         float(np.asarray(variables["max_var"])))
@@ -145,10 +147,9 @@ def load_quantizer_ranges(model, ranges, kernels=True) -> List[str]:
             variables["max_var"].assign(hi)
             done.append(key)
             continue
-        variables["lo"].assign(lo)
-        variables["hi"].assign(hi)
-        variables["alpha"].assign(1.0)
-        variables["beta"].assign(0.0)
+        # every channel of a per-channel quantizer starts from the tensor's range
+        for name, value in (("lo", lo), ("hi", hi), ("alpha", 1.0), ("beta", 0.0)):
+            variables[name].assign(np.full(variables[name].shape, value, np.float32))
         variables["initialized"].assign(1.0)
         done.append(key)
     if kernels:
