@@ -19,6 +19,7 @@ from mntk.quantization.schemes import (BinaryScheme, LearnedPrecisionScheme,
                                        MntkQuantizeConfig, MntkQuantizeRegistry,
                                        TernaryScheme, custom_objects)
 from mntk.quantization.ternary import TernaryWeightQuantizer
+from mntk.quantization.transfer import load_quantizer_ranges, quantizer_ranges
 
 __all__ = [
     "quantize", "quantized_weights", "bit_widths", "mean_weight_bits",
@@ -28,4 +29,5 @@ __all__ = [
     "MntkQuantizeConfig", "MntkQuantizeRegistry", "custom_objects", "CostTarget",
     "Distillation", "mean_learned_bits", "BitWidthAdam", "CrossEntropyWithLogitDistance",
     "Phase", "PrecisionPhases", "bits_step_open", "is_bit_width_variable",
+    "quantizer_ranges", "load_quantizer_ranges",
 ]

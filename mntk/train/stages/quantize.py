@@ -117,7 +117,8 @@ def quantize_stage(ctx) -> StageSummary:
                                   f"(got {cfg.scheme!r}): only learned bit widths move.")
             if target_cfg.target is None:
                 raise RecipeError("quantize.cost_target.enabled needs quantize.cost_target.target "
-                                  "(the mean weight bits to reach), e.g. 2.94.")
+                                  "(the mean bits to reach, e.g. 2.94, or with measure='score' "
+                                  "the MicroNet score, e.g. 0.4678).")
             model.add_loss(losses.CostTarget(
                 model, target=float(target_cfg.target), measure=target_cfg.measure,
                 coefficient=schedule.beta if schedule else float(target_cfg.coefficient),
