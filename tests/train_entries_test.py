@@ -124,3 +124,27 @@ def test_kaist_srip_and_l2_come_back_when_resumed_between_train_and_prune(tmp_pa
     assert len(in_process.losses) == 2         # SRIP, then the coupled L2
     np.testing.assert_allclose(resumed.losses, in_process.losses, rtol=1e-6)
     assert resumed.losses[0] > 0 and resumed.losses[1] > 0
+
+
+def test_a_fit_can_turn_the_runs_mixing_off():
+    """OSI-AI trained its exit head on unmixed images in a mixup run
+    (early_exit.mix='none'): that fit's batches are plain one-hot rows, the
+    run's other fits mixed."""
+    import tensorflow as tf
+    from mntk.train.context import RunContext, load_data
+    from mntk.train.fit import training_data
+    config = schema.resolve({"data": {"name": "digits", "mix": "mixup", "batch_size": 16},
+                             "model": {"name": "digits_cnn"},
+                             "train": {"max_steps_per_epoch": 2}})
+    ctx = RunContext(config=config, workdir="", strategy=tf.distribute.get_strategy())
+    ctx.data = load_data(config)
+
+    def label_rows(mix):
+        return np.concatenate([y.numpy() for _, y in training_data(ctx, 0, 1, mix=mix)])
+
+    plain = label_rows("none")
+    assert plain.shape == (32, 10) and set(np.unique(plain)) == {0.0, 1.0}
+    np.testing.assert_array_equal(plain.sum(1), 1.0)
+    mixed = label_rows(None)
+    assert np.any((mixed > 0) & (mixed < 1))                # data.mix applies
+    np.testing.assert_allclose(mixed.sum(1), 1.0, rtol=1e-5)
