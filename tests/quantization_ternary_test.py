@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from mntk.compat import keras
 import mntk.quantization as mq
+from _marks import fast_first
 
 
 class _Holder(keras.layers.Layer):
@@ -94,7 +95,7 @@ def _ternary_scales(model):
             if v.name.split("/")[-1].split(":")[0].endswith(("_wp", "_wn"))]
 
 
-@pytest.mark.parametrize("decay_scales", [False, True])
+@pytest.mark.parametrize("decay_scales", fast_first([True, False]))
 def test_official_code_options_ones_init_and_decayed_scales(decay_scales):
     """The TTQ code's choices (ternary.py:30-53): Wp = Wn = 1.0 at the start,
     and the scales under the same coupled L2 as the kernels."""
