@@ -50,3 +50,23 @@ def all_stages(tmp_path_factory):
 
 def stage_dir(workdir, k, name):
     return os.path.join(workdir, "stages", f"{k}_{name}")
+
+
+def qat8_prune_config(init_from):
+    """Stage ``qat8`` (8-bit QAT of the float model saved at ``init_from``,
+    two epochs) then ``prune`` by global magnitude in two stages of one epoch
+    (30% then 60%), the second rewinding to the weights the first started
+    from; two steps an epoch on 8x8 digits, SRIP and smoothing off (the
+    all-stages run has them): tests/faults_test.py kills it."""
+    import ml_collections
+    c = digits_config(**{"stages": ("qat8", "prune"), "init_from": str(init_from),
+                         "train.max_steps_per_epoch": 2, "data.batch_size": 64,
+                         "data.image_size": 8, "prune.epochs": 2,
+                         "prune.smoothing_epsilon": 0.0, "tricks.srip.enabled": False,
+                         "tricks.adaptive_smoothing.enabled": False})
+    c.qat8 = ml_collections.ConfigDict({"epochs": 2, "learning_rate": 1e-3})
+    c.prune.method = "global"
+    c.prune.rates = (0.3, 0.6)
+    c.prune.rewind = "stage_start"
+    c.export.verify_examples = 64
+    return c

@@ -45,6 +45,22 @@ def files(tmp_path_factory):
                               keras.layers.Dense(10)])
     out["good"] = str(d / "good.keras")
     model.save(out["good"])
+    # a legacy .h5 file whose Lambda layer would write a file when loaded
+    out["marker"] = str(d / "payload_ran.txt")
+
+    def payload(x, marker=out["marker"]):
+        with open(marker, "w") as f:
+            f.write("ran")
+        return x
+
+    inputs = keras.layers.Input((16, 16, 1))
+    hidden = keras.layers.Lambda(payload, name="payload")(inputs)
+    out["payload_h5"] = str(d / "payload.h5")
+    out["payload_keras"] = str(d / "payload.keras")
+    payload_model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(hidden)))
+    payload_model.save(out["payload_h5"])
+    payload_model.save(out["payload_keras"])
+    os.remove(out["marker"])   # written while the model was built
     with open(out["good"], "rb") as f:
         out["truncated_keras"] = write(d / "truncated.keras", f.read()[:500], "wb")
     out["syntax_recipe"] = write(d / "syntax.py", "def get_config(:\n    pass\n")
@@ -172,6 +188,13 @@ CASES = [
     ("export_stage_on_fresh_workdir", lambda f: ["train", DIGITS, "--workdir=" + f["dir"] +
                                                  "/w_fresh", "--stages=export"],
      "needs the model of an earlier stage"),
+    ("qat8_without_init_from", lambda f: ["train", DIGITS, "--workdir=" + f["dir"] + "/w_q8",
+                                          "--config.stages=('qat8',)"],
+     "set --config.init_from=PATH"),
+    ("init_from_missing", lambda f: ["train", DIGITS, "--workdir=" + f["dir"] + "/w_q8m",
+                                     "--config.stages=('qat8',)",
+                                     "--config.init_from=/no/such.keras"],
+     "init_from='/no/such.keras' does not exist"),
     ("restart_from_unknown", lambda f: ["train", DIGITS, "--workdir=" + f["dir"] + "/w_rs",
                                         "--restart_from=bogus"], "--restart_from='bogus'"),
     ("workdir_locked", lambda f: ["train", DIGITS, *FAST, "--workdir=" + workdir(
@@ -202,6 +225,16 @@ CASES = [
     ("evaluate_shape_mismatch", lambda f: ["evaluate", DIGITS, f"--model={f['good']}",
                                            "--config.data.image_size=32"],
      "expects 16x16x1 inputs, but --config's data is 32x32x1"),
+    ("evaluate_h5_payload", lambda f: ["evaluate", DIGITS, f"--model={f['payload_h5']}"],
+     "layer 'payload' (Lambda) holds code that would run on load; give a model without"),
+    ("evaluate_keras_payload", lambda f: ["evaluate", DIGITS,
+                                          f"--model={f['payload_keras']}"],
+     "layer 'payload' (Lambda) holds code"),
+    ("cost_h5_payload", lambda f: ["cost", f"--model={f['payload_h5']}"], "safe_mode=False"),
+    ("export_h5_payload", lambda f: ["export", f"--model={f['payload_h5']}",
+                                     "--out=" + f["dir"] + "/payload.tflite"], "'payload'"),
+    ("calibrate_h5_payload", lambda f: ["calibrate", DIGITS, f"--model={f['payload_h5']}",
+                                        "--exit_rate=0.3"], "'payload'"),
     ("cost_random", lambda f: ["cost", f"--model={f['random_keras']}"], "cannot load"),
     ("cost_nothing", lambda f: ["cost"], "give --model=PATH.keras or --config"),
     ("export_bad_quantize", lambda f: ["export", f"--model={f['good']}", "--out=/tmp/x.tflite",
@@ -223,6 +256,7 @@ def test_bad_input_fails_in_one_line(files, capsys, case, argv, expected):
     assert "Traceback" not in err
     assert len(lines) == 1, err
     assert lines[0].startswith("mntk") and expected in lines[0], lines[0]
+    assert not os.path.exists(files["marker"]), "a model file's code ran"
 
 
 def test_the_table_is_large():
@@ -304,25 +338,29 @@ SRIP_RUN = [DIGITS, "--config.stages=('train',)", "--config.train.epochs=3",
 # adaptive label smoothing in train, smoothing in prune, pruning masks carried
 # into ternary QAT and its fine-tuning). Its uninterrupted run is the one
 # train_test and cli_test share, so in a whole-suite session the reference
-# costs nothing. (The qat8 stage, int8 QAT of a float model, is not in it.)
-RESUME_RECIPE = f"""
+# costs nothing. (qat8 and global pruning: the second chain below.)
+RECIPE = """
 import sys
-sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+sys.path.insert(0, {tests!r})
 import _runs
 
 
 def get_config(arg=None):
-    return _runs.all_stages_config()
+    return _runs.{call}
 """
 STAGE_DIRS = {"train": "0_train", "export": "1_export", "early_exit": "2_early_exit",
               "prune": "3_prune", "quantize": "4_quantize", "finetune": "5_finetune"}
 # Where each run of the chain is SIGKILLed (mntk.train.callbacks.KillAt), in
-# turn: mid-epoch with a backup to resume from; mid-epoch before any backup
-# (the new exit heads initialised again); at an epoch boundary (the stage's
-# last: the rerun has no epoch left to train); mid-epoch; after the fit but
-# before the stage is marked done (the backup outlives the fit: the rerun goes
-# straight to the stage's figures). Export trains nothing and is not killed.
-KILLS = ["train:1:0", "early_exit:0:0", "prune:0:end", "quantize:0:1", "finetune:train_end"]
+# turn; each rerun resumes from the kill before it, so every training stage
+# is killed at an epoch boundary ("E:end"; "train_end": after the fit, before
+# the stage is marked done, so the rerun goes straight to its figures) and
+# mid-epoch ("E:B"), with and without a backup to resume from (early exit
+# before any: its new heads are initialised again). Export trains nothing.
+KILLS = ["train:0:end", "train:1:0",
+         "early_exit:0:0", "early_exit:0:end",
+         "prune:0:0", "prune:0:end",
+         "quantize:0:1", "quantize:0:end",
+         "finetune:0:0", "finetune:train_end"]
 
 
 def saved_state(path):
@@ -348,10 +386,10 @@ def saved_state(path):
     return weights, slots
 
 
-def assert_same_state(a, b, what):
+def assert_same_state(a, b, what, optimizer=True):
     (wa, sa), (wb, sb) = saved_state(a), saved_state(b)
     assert len(wa) == len(wb) and len(sa) == len(sb), what
-    assert sa, f"{what}: no optimizer state saved"
+    assert bool(sa) == optimizer, f"{what}: optimizer state saved: {bool(sa)}"
     for i, (x, y) in enumerate(zip(wa + sa, wb + sb)):
         np.testing.assert_array_equal(x, y, err_msg=f"{what}: variable {i}")
 
@@ -360,11 +398,11 @@ def epochs(config, stage):
     return int(config[stage].get("epochs") or config.train.epochs)
 
 
-def assert_kill_point(workdir, point, config):
+def assert_kill_point(workdir, point, config, stage_dirs):
     """The run died where ``point`` says, with the stage's backup as expected."""
     from mntk.train import saved_epoch
     stage, *where = point.split(":")
-    folder = os.path.join(workdir, "stages", STAGE_DIRS[stage])
+    folder = os.path.join(workdir, "stages", stage_dirs[stage])
     assert not os.path.exists(os.path.join(folder, "summary.json")), point
     backup = os.path.join(folder, "backup")
     if where == ["train_end"]:    # every epoch logged and backed up
@@ -376,34 +414,30 @@ def assert_kill_point(workdir, point, config):
         assert saved_epoch(backup) == int(epoch) + (batch == "end"), point
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("all_stages")  # the run train_test shares
-def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path, tmp_path_factory):
-    """The all-stages run, uninterrupted (in this process), against the same
-    recipe run through the CLI, SIGKILLed at a point of each training stage in
-    turn (``KILLS``) and rerun after each kill: every stage's weights,
-    optimizer slots, pruning masks and steps, quantizer variables, history
-    rows, calibration and summary are equal, bit for bit (CPU)."""
-    import _runs
-    config, straight, _ = _runs.all_stages(tmp_path_factory)
-    recipe = write(tmp_path / "resume_recipe.py", RESUME_RECIPE)
-    killed = str(tmp_path / "killed")
+def kill_chain(recipe, workdir, kills, config, stage_dirs):
+    """The recipe through the CLI into ``workdir``, SIGKILLed at each of
+    ``kills`` in turn and rerun after each, then run to its end."""
     # as many intra-op threads as this process (one under pytest-xdist):
     # float sums split over threads may round differently
     import tensorflow as tf
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     env = {"TF_NUM_INTRAOP_THREADS": str(threads)} if threads else {}
-    for point in KILLS + [None]:
-        proc = run_cli(["train", f"--config={recipe}", f"--workdir={killed}"],
+    for point in kills + [None]:
+        proc = run_cli(["train", f"--config={recipe}", f"--workdir={workdir}"],
                        env=dict(env, **({"MNTK_TEST_KILL_AT": point} if point else {})))
         _, err = proc.communicate(timeout=900)
         if point is None:
             assert proc.returncode == 0, err[-2000:]
         else:
             assert proc.returncode == -signal.SIGKILL, f"{point}: {err[-2000:]}"
-            assert_kill_point(killed, point, config)
+            assert_kill_point(workdir, point, config, stage_dirs)
 
-    for stage, folder in STAGE_DIRS.items():
+
+def assert_same_run(straight, killed, config, stage_dirs, trained_models):
+    """Every stage's history rows and trained model (``trained_models``:
+    stage -> (file, has optimizer state)), the TFLite files, calibration and
+    summaries of the two work directories are equal, bit for bit."""
+    for stage, folder in stage_dirs.items():
         a, b = (os.path.join(w, "stages", folder) for w in (straight, killed))
         if stage != "export":
             with open(os.path.join(a, "history.csv")) as f, \
@@ -411,17 +445,82 @@ def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path, tmp_path_factor
                 rows = f.read()
                 assert rows == g.read(), stage
             assert len(rows.strip().splitlines()) == 1 + epochs(config, stage), stage
-        # the model each stage trained (early exit: the backbone with its heads)
-        trained = "multi.keras" if stage == "early_exit" else (
-            "model.h5" if os.path.exists(os.path.join(a, "model.h5")) else "model.keras")
-        assert_same_state(os.path.join(a, trained), os.path.join(b, trained), stage)
-    for name in ("calibration.json", "summary.json"):
-        with open(os.path.join(straight, name)) as f, open(os.path.join(killed, name)) as g:
-            x, y = json.load(f), json.load(g)
-        x.pop("seconds", None), y.pop("seconds", None)
+        trained, optimizer = trained_models.get(stage, (None, True))
+        trained = trained or ("model.h5" if os.path.exists(os.path.join(a, "model.h5"))
+                              else "model.keras")
+        assert_same_state(os.path.join(a, trained), os.path.join(b, trained), stage, optimizer)
+        with open(os.path.join(a, "summary.json")) as f, \
+                open(os.path.join(b, "summary.json")) as g:
+            assert json.load(f) == json.load(g), stage
+    names = sorted(n for n in os.listdir(straight) if n.endswith(".tflite"))
+    assert names and names == sorted(n for n in os.listdir(killed) if n.endswith(".tflite"))
+    for name in names + ["calibration.json", "summary.json"]:
+        if not os.path.exists(os.path.join(straight, name)):
+            continue
+        with open(os.path.join(straight, name), "rb") as f, \
+                open(os.path.join(killed, name), "rb") as g:
+            x, y = f.read(), g.read()
+        if name.endswith(".json"):
+            x, y = json.loads(x), json.loads(y)
+            x.pop("seconds", None), y.pop("seconds", None)
         assert x == y, name
-    assert_same_state(os.path.join(straight, "model.h5"), os.path.join(killed, "model.h5"),
+    final = "model.h5" if os.path.exists(os.path.join(straight, "model.h5")) else "model.keras"
+    assert_same_state(os.path.join(straight, final), os.path.join(killed, final),
                       "final model")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("all_stages")  # the run train_test shares
+def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path, tmp_path_factory):
+    """The all-stages run, uninterrupted (in this process), against the same
+    recipe run through the CLI, SIGKILLed at the points of ``KILLS`` in turn
+    (an epoch boundary and mid-epoch of each training stage) and rerun after
+    each kill: every stage's weights, optimizer slots, pruning masks and
+    steps, quantizer variables, history rows, calibration, TFLite files and
+    summaries are equal, bit for bit (CPU)."""
+    import _runs
+    config, straight, _ = _runs.all_stages(tmp_path_factory)
+    recipe = write(tmp_path / "resume_recipe.py", RECIPE.format(
+        tests=os.path.join(ROOT, "tests"), call="all_stages_config()"))
+    killed = str(tmp_path / "killed")
+    kill_chain(recipe, killed, KILLS, config, STAGE_DIRS)
+    # the model each stage trained (early exit: the backbone with its heads)
+    assert_same_run(straight, killed, config, STAGE_DIRS,
+                    {"early_exit": ("multi.keras", True)})
+
+
+QAT8_PRUNE_DIRS = {"qat8": "0_qat8", "prune": "1_prune"}
+# qat8 at its epoch boundary and mid-epoch; global pruning at the boundary of
+# its two pruning stages (the rerun enters the second, which recomputes the
+# masks and rewinds to the first's start weights: both from the backup) and
+# mid-epoch in the second
+QAT8_PRUNE_KILLS = ["qat8:0:end", "qat8:1:0", "prune:0:end", "prune:1:0"]
+
+
+@pytest.mark.slow
+def test_sigkill_in_qat8_and_global_pruning_resumes_bit_exact(tmp_path):
+    """The qat8 stage (8-bit QAT of a float model given as ``init_from``,
+    written here) then global magnitude pruning with rewinding, uninterrupted
+    (in this process) against the same recipe SIGKILLed at
+    ``QAT8_PRUNE_KILLS`` in turn: equal bit for bit, the pruning masks and
+    rewind point included (they live outside the model, in the backup)."""
+    import _runs
+    from mntk import models, train
+    from mntk.compat import keras
+    keras.utils.set_random_seed(0)
+    float_model = str(tmp_path / "float.keras")
+    models.digits_cnn(input_shape=(8, 8, 1), num_classes=10).save(float_model)
+    config = _runs.qat8_prune_config(float_model)
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train.run(config, straight)
+    recipe = write(tmp_path / "qat8_prune_recipe.py", RECIPE.format(
+        tests=os.path.join(ROOT, "tests"), call=f"qat8_prune_config({float_model!r})"))
+    kill_chain(recipe, killed, QAT8_PRUNE_KILLS, config, QAT8_PRUNE_DIRS)
+    # qat8 saves the float model it copies the QAT weights into (no optimizer)
+    assert_same_run(straight, killed, config, QAT8_PRUNE_DIRS, {"qat8": ("model.keras", False)})
+    with open(os.path.join(straight, "summary.json")) as f:
+        sparsity = json.load(f)["pruning"]["sparsity"]["global"]
+    assert 0.55 < sparsity < 0.65, sparsity
 
 
 @pytest.mark.slow
