@@ -151,7 +151,12 @@ def activation_grid(gamma, lo0, hi0, alpha, beta, min_bits, max_bits):
 def learned_activation_fake_quant(x, gamma, lo0, hi0, alpha, beta, min_bits, max_bits):
     """``LearnedPrecisionActivationQuantizer``'s training forward and backward:
     ``round_ste(clip(x, lo', hi') / step) * step`` on ``activation_grid``.
-    Gradients reach x, gamma, alpha and beta (lo0, hi0 are calibrated, not trained)."""
+    Gradients reach x, gamma and alpha (lo0, hi0 are calibrated, not trained).
+    The shift beta gets none: the zero point round(-lo / step) is not
+    differentiated, and within the clip range the output does not depend on
+    lo, so beta stays at its initial 0 (a known departure from Texas-EIC; a
+    straight-through zero point made beta train but broke int8 export parity
+    of the learned test model, 0.987 agreement, and was reverted)."""
 
     @tf.custom_gradient
     def fake_quant(x, gamma, alpha, beta):

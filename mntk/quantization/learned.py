@@ -30,6 +30,9 @@ Activations, per tensor, the entry's range parameterization: the range
     alpha in [0, 2] (init 1),  beta in [-0.6, 1.2] (init 0)    (train.py:89, :213-215)
     s = width / (2^b - 1)        (2^b levels, zero nudged onto the grid)
 
+The shift beta does not train yet (no gradient through the rounded zero
+point: see ``_learned_ops.learned_activation_fake_quant``), so lo = lo0.
+
 The entry quantized conv inputs per *channel*. Here activations are per
 tensor by default (the departure), because only that exports exactly: in
 TFLite an activation is int8, so below 8 bits it is exported in an 8-bit
