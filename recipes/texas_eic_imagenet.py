@@ -53,6 +53,10 @@ Departures, and why:
   states). The bits' Adam state carries too (the entry's did not).
 - The SWA repeats' learning rates are not in the entry's README (ENTRIES.md
   marks them): 3e-6, the adjustable stage's.
+- The activation range shift beta does not train (the entry's does): the
+  rounded zero point carries no gradient, and a straight-through zero point
+  that made beta train broke int8 export parity, so it was reverted; the
+  range scale alpha and the bits train.
 
 Stages: qat8 -> quantize -> finetune, each ending with int8 TFLite verified
 with LiteRT.
