@@ -72,6 +72,19 @@ def export_fake_quant(w, step, tensor_shape=None, depthwise=False):
         w, -127.0 * step, 127.0 * step, num_bits=8, narrow_range=True)
 
 
+def clamped_activation_fake_quant(x, low, high, clip_low, clip_high):
+    """The export form of a learned activation grid: int8 fake-quant over the
+    8-bit container [low, high] right after the producing op (so the converter
+    quantizes that op's output at the grid's step), the b-bit clamp
+    [clip_low, clip_high], then the same fake-quant again so the clamp runs in
+    int8."""
+    y = tf.quantization.fake_quant_with_min_max_vars(
+        x, low, high, num_bits=8, narrow_range=False)
+    y = tf.clip_by_value(y, clip_low, clip_high)
+    return tf.quantization.fake_quant_with_min_max_vars(
+        y, low, high, num_bits=8, narrow_range=False)
+
+
 def build_sparsity_mask(layer, name, tensor_shape, enabled):
     """A non-trainable 0/1 mask of the wrapped layer's current zeros, or None.
 

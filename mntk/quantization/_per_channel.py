@@ -114,11 +114,7 @@ def export_form(x, weights, min_bits, max_bits):
     low, high, step = union_grid(v)
     lo_c = tf.round(v["lo"] / step) * step
     hi_c = tf.round(v["hi"] / step) * step
-    y = tf.quantization.fake_quant_with_min_max_vars(
-        x, low, high, num_bits=8, narrow_range=False)
-    y = tf.clip_by_value(y, lo_c, hi_c)
-    return tf.quantization.fake_quant_with_min_max_vars(
-        y, low, high, num_bits=8, narrow_range=False)
+    return _grid.clamped_activation_fake_quant(x, low, high, lo_c, hi_c)
 
 
 def channel_count(tensor_shape, layer):

@@ -344,16 +344,10 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
                      for k in ("gamma", "lo", "hi", "alpha", "beta")),
                 self.min_bits, self.max_bits)
         lo, hi, step, _ = self.grid(weights)
-        # Export form: int8 fake-quant right after the producing op (so the
-        # converter quantizes that op's output with step s), then the b-bit
-        # clamp, then the same fake-quant again so the clamp runs in int8.
+        # Export form (_grid.clamped_activation_fake_quant): the 8-bit
+        # container [lo', lo' + 255 s] with the b-bit clamp [lo', hi'].
         lo, hi, step = (tf.stop_gradient(v) for v in (lo, hi, step))
-        container = lo + 255.0 * step
-        y = tf.quantization.fake_quant_with_min_max_vars(
-            x, lo, container, num_bits=8, narrow_range=False)
-        y = tf.clip_by_value(y, lo, hi)
-        return tf.quantization.fake_quant_with_min_max_vars(
-            y, lo, container, num_bits=8, narrow_range=False)
+        return _grid.clamped_activation_fake_quant(x, lo, lo + 255.0 * step, lo, hi)
 
     def cost_bits(self, quantizer_vars):
         """Bits b (per channel: an array; mntk.cost counts a tensor at its widest)."""
