@@ -4,6 +4,7 @@ range and precision (Texas-EIC), binary, and tfmot's default int8.
     q = mntk.quantization.quantize(model, scheme=mntk.quantization.TernaryScheme())
     q = mntk.quantization.quantize(model, scheme=mntk.quantization.LearnedPrecisionScheme())
     q = mntk.quantization.quantize(model, scheme="int8")
+    q = mntk.quantization.quantize(model, "int8", calibration_data=x_train[:256])
 """
 from mntk import compat as _compat  # noqa: F401  (TF_USE_LEGACY_KERAS first)
 from mntk.quantization.api import (bit_widths, default_skip, freeze_precision,
@@ -12,6 +13,7 @@ from mntk.quantization.binary import BinaryWeightQuantizer
 from mntk.quantization.bit_training import (BitWidthAdam, CrossEntropyWithLogitDistance, Phase,
                                             PrecisionPhases, bits_step_open,
                                             is_bit_width_variable)
+from mntk.quantization.calibration import calibrate_ranges
 from mntk.quantization.learned import (ClipRange, GammaRange, LearnedPrecisionActivationQuantizer,
                                        LearnedPrecisionWeightQuantizer)
 from mntk.quantization.losses import CostTarget, Distillation, mean_learned_bits
@@ -29,5 +31,5 @@ __all__ = [
     "MntkQuantizeConfig", "MntkQuantizeRegistry", "custom_objects", "CostTarget",
     "Distillation", "mean_learned_bits", "BitWidthAdam", "CrossEntropyWithLogitDistance",
     "Phase", "PrecisionPhases", "bits_step_open", "is_bit_width_variable",
-    "quantizer_ranges", "load_quantizer_ranges",
+    "quantizer_ranges", "load_quantizer_ranges", "calibrate_ranges",
 ]

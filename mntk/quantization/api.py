@@ -85,7 +85,7 @@ def _prune_preserve_scheme():
     return pp.Default8BitPrunePreserveQuantizeScheme()
 
 
-def quantize(model, scheme="int8", skip=None):
+def quantize(model, scheme="int8", skip=None, calibration_data=None, calibration_samples=256):
     """Annotate and apply quantization-aware training in one call.
 
     Args:
@@ -101,6 +101,13 @@ def quantize(model, scheme="int8", skip=None):
         ternary and binary schemes, nothing otherwise. Leading input
         preprocessing layers (``Rescaling``, ``Normalization``, resizing) are
         always left float.
+      calibration_data: model inputs (array, list/dict of arrays, Dataset or
+        iterable of ``x`` / ``(x, y)``). Given, every activation quantizer
+        starts at its tensor's range on these inputs
+        (``mntk.quantization.calibrate_ranges``) instead of tfmot's [-6, 6],
+        which a short fit barely moves. Recommended whenever the fit is short
+        or the activations are far from [-6, 6].
+      calibration_samples: samples of ``calibration_data`` used at most.
 
     Returns:
       A new QAT model (tfmot ``QuantizeWrapperV2`` layers); compile it again.
@@ -139,7 +146,11 @@ def quantize(model, scheme="int8", skip=None):
     with _qk.quantize_scope(_schemes.custom_objects()):
         annotated = keras.models.clone_model(model, clone_function=annotate)
         annotated.set_weights(model.get_weights())
-        return _qk.quantize_apply(annotated, scheme=scheme)
+        qat = _qk.quantize_apply(annotated, scheme=scheme)
+    if calibration_data is not None:
+        from mntk.quantization.calibration import calibrate_ranges
+        calibrate_ranges(qat, calibration_data, max_samples=calibration_samples)
+    return qat
 
 
 def _wrappers(model):
