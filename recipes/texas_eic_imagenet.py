@@ -53,10 +53,10 @@ Departures, and why:
   states). The bits' Adam state carries too (the entry's did not).
 - The SWA repeats' learning rates are not in the entry's README (ENTRIES.md
   marks them): 3e-6, the adjustable stage's.
-- The activation range shift beta does not train (the entry's does): the
-  rounded zero point carries no gradient, and a straight-through zero point
-  that made beta train broke int8 export parity, so it was reverted; the
-  range scale alpha and the bits train.
+- The activation range shift beta trains (straight-through zero point), but
+  the range keeps zero (lo = min(lo0 + beta (hi0 - lo0), 0), TFLite's zero
+  point), so beta gets no gradient while the shifted low end is above 0;
+  the entry's range could leave zero out.
 
 Stages: qat8 -> quantize -> finetune, each ending with int8 TFLite verified
 with LiteRT.

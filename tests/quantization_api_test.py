@@ -22,6 +22,17 @@ def trained_float(digits_split):
     x, y = digits_split[0]
     model = compile_model(tiny_model(), lr=1e-2)
     model.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    # The BatchNorm moving statistics lag the weights after 8 short epochs
+    # (momentum 0.99, 152 steps): at seed 0 the model was 98.7% accurate in
+    # training mode and 32% in inference mode (measured), and QAT starting
+    # there ended at 68-76% with near-tied logits, where one int8 rounding
+    # step flips top-1. Set them to the whole training set's statistics.
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer in norms:
+        layer.momentum = 0.99
     return model.get_weights(), x, y
 
 
@@ -90,10 +101,11 @@ def test_tflite_int8_agrees_with_keras(kind, trained_float, tmp_path):
                                    progress=False)
     parity = mntk.export.verify(result.path, q, (x[:600], y[:600]))
     spread = float(np.std(q.predict(x[:600], verbose=0)))
-    # the tests' 8x8 QAT models reach only 50-60% (measured 2026-11-29; why is
-    # open): where logits are that near-tied, one int8 rounding step flips
-    # top-1, so the logits must then be close instead: within 15% of their
-    # spread (measured: 0.24-0.30 against spreads of about 2.8)
+    # where a QAT model is far from accurate (before the fixture set the
+    # BatchNorm statistics, 50-76% here) its logits are near-tied and one
+    # int8 rounding step flips top-1, so the logits must then be close
+    # instead: within 15% of their spread (measured: 0.24-0.30 against
+    # spreads of about 2.8)
     assert parity.agreement >= 0.99 or parity.max_abs_diff <= 0.15 * max(spread, 1.0), (
         parity.to_dict(), spread)
 

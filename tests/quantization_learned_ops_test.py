@@ -7,7 +7,7 @@ Weights, per channel c:  b = clip(round(8 gamma), lo_b, hi_b), half = 2^(b-1),
   y = clip(round(w / s), -neg, half - 1) * s       (round: straight-through)
 Activations (per tensor): b as above, width0 = hi0 - lo0,
   lo = min(lo0 + beta width0, 0), hi = max(lo + alpha width0, 1e-3),
-  s = (hi - lo) / (2^b - 1), zp = round(-lo / s) (no gradient),
+  s = (hi - lo) / (2^b - 1), u = -lo / s, zp = round(u) (straight-through),
   lo' = -zp s, hi' = lo' + (hi - lo),  y = round_ste(clip(x, lo', hi') / s) * s
 """
 import numpy as np
@@ -138,7 +138,8 @@ def _np_activation(x, gamma, lo0, hi0, alpha, beta, u, min_bits, max_bits):
     levels = f(f(2.0) ** bits - 1)
     span = f(hi - lo)
     s = f(span / levels)
-    zp = np.round(-lo / s)
+    u_zp = f(-lo / s)
+    zp = np.round(u_zp)
     lo_g = f(-zp * s)
     hi_g = f(lo_g + span)
     c = np.clip(x, lo_g, hi_g)
@@ -146,11 +147,14 @@ def _np_activation(x, gamma, lo0, hi0, alpha, beta, u, min_bits, max_bits):
     y = r * s
     below, above = x < lo_g, x > hi_g
     u64 = u.astype(np.float64)
-    dstep = (u64 * (r - c / s)).sum() - zp * (u64[below].sum() + u64[above].sum())
+    # G = dL/dlo' (hi' = lo' + span moves with it); d lo'/d s = u - zp and
+    # d lo'/d lo = 1 through the zero point's straight-through rounding
+    dlo_g = u64[below].sum() + u64[above].sum()
+    dstep = (u64 * (r - c / s)).sum() + dlo_g * (np.float64(u_zp) - zp)
     dspan = u64[above].sum() + dstep / levels
     dbits = -dstep * span / levels ** 2 * 2.0 ** bits * LN2
     dhi_raw = dspan if hi_raw >= 1e-3 else 0.0
-    dlo_raw = (dhi_raw - dspan) if lo_raw <= 0 else 0.0
+    dlo_raw = (dhi_raw - dspan + dlo_g) if lo_raw <= 0 else 0.0
     return (y, np.where(below | above, 0, u), 8 * pass_b * dbits,
             dhi_raw * width0, dlo_raw * width0)
 
@@ -218,3 +222,111 @@ def test_nonzeros_per_channel_counts_the_quantized_kernel(shape, depthwise, per_
     got = q.nonzeros_per_channel(holder.kernel, qvars).numpy()
     np.testing.assert_array_equal(got, expected)
     assert expected.min() < expected.max() or expected.min() < quantized.size // channels
+
+
+def _np_grid_f32(lo0, hi0, gamma, alpha, beta):
+    """(lo', hi', s) in float32, the same operations in the same order as the
+    module docstring's formula (the forward the export depends on)."""
+    f = np.float32
+    bits = np.clip(np.round(f(8.0) * gamma), f(2), f(8)).astype(f)
+    width0 = (hi0 - lo0).astype(f)
+    lo = np.minimum((lo0 + beta * width0).astype(f), f(0))
+    hi = np.maximum((lo + alpha * width0).astype(f), f(1e-3))
+    span = (hi - lo).astype(f)
+    s = (span / (f(2.0) ** bits - f(1))).astype(f)
+    lo_g = (-np.round(-lo / s) * s).astype(f)
+    return lo_g, (lo_g + span).astype(f), s
+
+
+def _shift_case(per_channel):
+    """A tensor with values below, inside and above the range: x ~ N(0.5, 1.5)
+    calibrated, then alpha < 1 narrows it and beta moves it (lo stays < 0)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.5, 1.5, size=(32, 6, 3)).astype(np.float32)
+    q = mq.LearnedPrecisionActivationQuantizer(4, 2, 8, per_channel=per_channel)
+    qvars = q.build(x.shape, "act", _Holder())
+    q(tf.constant(x), True, qvars)  # calibrates lo0, hi0 (per channel: of each)
+    n = 3 if per_channel else 1
+    for key, values in (("gamma", [5 / 8, 4 / 8, 3 / 8]), ("alpha", [0.6, 0.5, 0.7]),
+                        ("beta", [0.15, 0.1, 0.2])):
+        qvars[key].assign(np.asarray(values[:n], np.float32).reshape(qvars[key].shape))
+    u = rng.normal(size=x.shape).astype(np.float32)
+    return x, q, qvars, u
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_activation_shift_beta_gets_the_entry_gradient(per_channel):
+    """Texas-EIC (ENTRIES.md): lo = lo0 + beta (hi0 - lo0), the values clipped at
+    lo or lo + (2^b - 1) s take their gradient to lo, so dL/dbeta = (hi0 - lo0)
+    * sum(dL/dy over x outside the range). A zero point without gradient gave 0."""
+    x, q, qvars, u = _shift_case(per_channel)
+    xv = tf.Variable(x)
+    keys = ("gamma", "alpha", "beta")
+    got = _tf_grads(lambda: q(xv, True, qvars), [xv] + [qvars[k] for k in keys], u)
+    cols = [(x[..., c], u[..., c], c) for c in range(3)] if per_channel else [(x, u, ())]
+    params = {k: qvars[k].numpy() for k in ("gamma", "lo", "hi", "alpha", "beta")}
+    for xc, uc, c in cols:
+        p = {k: np.float32(v[c]) for k, v in params.items()}
+        lo_g, hi_g, _ = _np_grid_f32(p["lo"], p["hi"], p["gamma"], p["alpha"], p["beta"])
+        outside = (xc < lo_g) | (xc > hi_g)
+        assert (xc < lo_g).any() and (xc > hi_g).any() and not outside.all()
+        entry = float(p["hi"] - p["lo"]) * uc[outside].astype(np.float64).sum()
+        assert abs(entry) > 1.0
+        ref = _np_activation(xc, *(float(p[k]) for k in ("gamma", "lo", "hi", "alpha", "beta")),
+                             uc, 2, 8)
+        np.testing.assert_array_equal(got[0].numpy()[..., c] if per_channel else got[0].numpy(),
+                                      ref[0])
+        for g, want in zip(got[2:], ref[2:]):
+            assert float(g.numpy()[c]) == pytest.approx(want, rel=1e-4, abs=1e-4)
+        assert float(got[4].numpy()[c]) == pytest.approx(entry, rel=1e-4)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_activation_forward_is_the_plain_round_grid_bit_for_bit(per_channel):
+    """The zero point's straight-through rounding changes gradients only: the
+    grid (what the export writes) and the training forward are the float32
+    formula's values bit for bit, -0.0 included (beta = 1.2: lo = -0.0)."""
+    x, q, qvars, _ = _shift_case(per_channel)
+    for beta in (None, 1.2, -0.6):
+        if beta is not None:
+            qvars["beta"].assign(np.full(qvars["beta"].shape, beta, np.float32))
+        p = {k: qvars[k].numpy() for k in ("gamma", "lo", "hi", "alpha", "beta")}
+        lo_g, hi_g, s = _np_grid_f32(p["lo"], p["hi"], p["gamma"], p["alpha"], p["beta"])
+        v = (q.grid(qvars)[:3] if not per_channel
+             else [mq._per_channel.grid(qvars, 2, 8)[k] for k in ("lo", "hi", "step")])
+        for a, b in zip(v, (lo_g, hi_g, s)):
+            np.testing.assert_array_equal(np.asarray(a).view(np.uint32),
+                                          np.asarray(b, np.float32).view(np.uint32))
+        # + 0.0: the per-channel path's round_ste (x + (round(x) - x)) gives
+        # +0.0 where round gives -0.0, as it did before; equal values
+        y = q(tf.constant(x), True, qvars).numpy() + np.float32(0.0)
+        expected = (np.round(np.clip(x, lo_g, hi_g) / s) * s).astype(np.float32) + np.float32(0)
+        np.testing.assert_array_equal(y.view(np.uint32), expected.view(np.uint32))
+
+
+def test_shifted_range_keeps_zero_so_the_training_forward_is_the_export_form():
+    """beta = 0.6 moves lo0 + beta width0 above 0. TF's FakeQuant (the export
+    form, and TFLite's int8 tensor) nudges a range that does not hold 0 to
+    one that does ([lo', lo' + 255 s] -> [0, 255 s]), so a training grid
+    that kept lo > 0 would clip at lo' + 255 s where the file clips at 255 s
+    (here x in (3.6, 4]). The grid keeps lo = min(lo_raw, 0), as the nudge
+    does, so training forward, Keras inference (export form) and the float32
+    formula agree."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-0.5, 4.0, size=(64, 5, 4)).astype(np.float32)
+    x[0, 0, :2] = (-0.5, 4.0)
+    q = mq.LearnedPrecisionActivationQuantizer(8, 2, 8)
+    qvars = q.build(x.shape, "act", _Holder())
+    q(tf.constant(x), True, qvars)  # calibrates lo0 = -0.5, hi0 = 4
+    qvars["alpha"].assign(0.8)
+    qvars["beta"].assign(0.6)
+    p = {k: np.float32(qvars[k].numpy()) for k in ("gamma", "lo", "hi", "alpha", "beta")}
+    assert p["lo"] + p["beta"] * (p["hi"] - p["lo"]) > 0.5  # lo_raw = 2.2: no zero
+    lo_g, hi_g, s = _np_grid_f32(p["lo"], p["hi"], p["gamma"], p["alpha"], p["beta"])
+    assert lo_g == 0.0 and hi_g == pytest.approx(0.8 * 4.5) and (x > hi_g).sum() > 10
+    expected = np.round(np.clip(x, lo_g, hi_g) / s) * s
+    train = q(tf.constant(x), True, qvars).numpy()
+    export = q(tf.constant(x), False, qvars).numpy()
+    # TF's own FakeQuant nudge (the export form) against the training grid
+    np.testing.assert_allclose(train, export, rtol=0, atol=1e-3 * s)
+    np.testing.assert_allclose(export, expected, rtol=0, atol=1e-3 * s)

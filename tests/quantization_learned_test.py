@@ -165,6 +165,10 @@ def test_bits_stay_in_range_and_fall_under_cost_target(digits_split):
     for entry in mq.bit_widths(q).values():
         for bits in entry.values():
             assert bits is None or 2.0 <= bits <= 8.0
+    # the activation range shifts beta train (init 0), within the entry's clip
+    shifts = np.array([float(v.numpy()) for v in q.weights if v.name.endswith("_shift_range:0")])
+    assert len(shifts) >= 4 and np.count_nonzero(shifts) >= len(shifts) // 2, shifts
+    assert np.all((shifts >= -0.6) & (shifts <= 1.2)), shifts
 
 
 def test_freeze_precision_makes_gamma_non_trainable():

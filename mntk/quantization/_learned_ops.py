@@ -122,13 +122,42 @@ def learned_weight_fake_quant(w, gamma, rng, min_bits, max_bits, channel_shape):
     return fake_quant(w, gamma, rng)
 
 
+@tf.custom_gradient
+def _round_identity_gradient(u):
+    """tf.round(u) forward, bit for bit (also -0.0, which u + stop_gradient(
+    round(u) - u) would turn into +0.0); identity gradient."""
+    return tf.round(u), lambda g: g
+
+
 def activation_grid(gamma, lo0, hi0, alpha, beta, min_bits, max_bits):
     """The learned activation grid and its intermediates (``LearnedPrecisionActivationQuantizer``):
 
         b = clip(round_ste(8 gamma)),  width0 = hi0 - lo0
         lo = min(lo0 + beta width0, 0),  hi = max(lo + alpha width0, 1e-3)
-        step = (hi - lo) / (2^b - 1),  zp = round(-lo / step)   (no gradient)
+        step = (hi - lo) / (2^b - 1),  u = -lo / step,  zp = round_id(u)
         lo' = -zp step,  hi' = lo' + (hi - lo)
+
+    ``round_id``: round forward, identity gradient (the zero point's
+    straight-through rounding; Texas-EIC's Round, ENTRIES.md). The forward
+    values are those of a plain round (exact export unchanged); the gradients
+    are, with G = dL/dlo' (hi' moves with lo'):
+
+        dL/dlo   += G              (d lo'/d lo = -step * d u/d lo = 1)
+        dL/dstep += G (u - zp)     (d lo'/d step = -zp - step * lo / step^2)
+
+    so the values clipped at lo' or hi' pull the shift beta through
+    lo = min(lo0 + beta width0, 0): dL/dbeta = width0 * (sum of dL/dy over
+    x outside [lo', hi']) where lo_raw <= 0 (and hi not clipped at 1e-3), as
+    in the entry, where lo = lo0 + beta (hi0 - lo0). With a zero point that
+    has no gradient, lo' = -zp step moves only with the step and hi' - lo'
+    = alpha width0 does not depend on beta: beta's gradient was 0.
+
+    lo <= 0 < hi keeps zero in the range, so 0 <= zp <= 2^b - 1: TF's
+    FakeQuant (the export form; TFLite's int8 zero point) would nudge a
+    range without zero to one with it, and the file would then clip where
+    training does not (tested). A trained beta does not change what the
+    file runs: the grid stays the multiples of the step, beta moves only
+    the clip window, by whole steps.
     """
     bits, ste = _bits(gamma, float(min_bits), float(max_bits))
     width0 = hi0 - lo0
@@ -140,23 +169,21 @@ def activation_grid(gamma, lo0, hi0, alpha, beta, min_bits, max_bits):
     levels = power - 1.0
     span = hi - lo
     step = span / levels
-    zero_point = tf.stop_gradient(tf.round(-lo / step))
+    offset = -lo / step
+    zero_point = _round_identity_gradient(offset)
     lo_grid = -zero_point * step
     hi_grid = lo_grid + span
     return dict(bits=bits, ste=ste, width0=width0, lo_raw=lo_raw, hi_raw=hi_raw,
-                power=power, levels=levels, span=span, step=step,
+                power=power, levels=levels, span=span, step=step, offset=offset,
                 zero_point=zero_point, lo=lo_grid, hi=hi_grid)
 
 
 def learned_activation_fake_quant(x, gamma, lo0, hi0, alpha, beta, min_bits, max_bits):
     """``LearnedPrecisionActivationQuantizer``'s training forward and backward:
     ``round_ste(clip(x, lo', hi') / step) * step`` on ``activation_grid``.
-    Gradients reach x, gamma and alpha (lo0, hi0 are calibrated, not trained).
-    The shift beta gets none: the zero point round(-lo / step) is not
-    differentiated, and within the clip range the output does not depend on
-    lo, so beta stays at its initial 0 (a known departure from Texas-EIC; a
-    straight-through zero point made beta train but broke int8 export parity
-    of the learned test model, 0.987 agreement, and was reverted)."""
+    Gradients reach x, gamma, alpha and beta (lo0, hi0 are calibrated, not
+    trained); beta's through the zero point's straight-through rounding, see
+    ``activation_grid``."""
 
     @tf.custom_gradient
     def fake_quant(x, gamma, alpha, beta):
@@ -187,15 +214,17 @@ def learned_activation_fake_quant(x, gamma, lo0, hi0, alpha, beta, min_bits, max
             # after the sums, so that g or g_out is free and its buffer reused
             with tf.control_dependencies([dlo_hi, dhi_grid, dstep]):
                 dx = g - g_out
-            # lo' = -zp step, hi' = lo' + span, step = span / levels
-            dstep = dstep + dlo_hi * -v["zero_point"]
+            # lo' = -zp step, hi' = lo' + span, step = span / levels, and
+            # zp = round_id(u), u = -lo / step: d lo'/d step = u - zp and
+            # d lo'/d lo = 1 (activation_grid); scalars, no per-element work
+            dstep = dstep + dlo_hi * (v["offset"] - v["zero_point"])
             dspan = dhi_grid + dstep / v["levels"]
             dlevels = dstep * ((-v["span"] / v["levels"]) / v["levels"])
             dbits = dlevels * v["power"] * _LN2
             # span = hi - lo, hi = max(hi_raw, 1e-3), hi_raw = lo + alpha width0,
             # lo = min(lo_raw, 0), lo_raw = lo0 + beta width0
             dhi_raw = tf.where(v["hi_raw"] >= 1e-3, dspan, 0.0)
-            dlo = dhi_raw - dspan
+            dlo = dhi_raw - dspan + dlo_hi
             dlo_raw = tf.where(v["lo_raw"] <= 0.0, dlo, 0.0)
             return (dx, _bits_grad(dbits, v["ste"], float(min_bits), float(max_bits)),
                     dhi_raw * v["width0"], dlo_raw * v["width0"])

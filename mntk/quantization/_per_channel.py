@@ -8,7 +8,8 @@ each channel with its own ``activation_grid`` (``_learned_ops``):
     y = round_ste(clip(x, lo'_c, hi'_c) / s_c) * s_c,   s_c = (hi'_c - lo'_c) / (2^b_c - 1)
 
 written with plain TF ops (autodiff gives the same straight-through and LSQ
-step gradients as the fused per-tensor op; tested against numpy).
+step gradients as the fused per-tensor op, the shift beta_c's through the
+zero point's straight-through rounding; tested against numpy).
 
 Export: a TFLite activation tensor has one scale and zero point, and integer
 TFLite has no rounding op to put a coarser per-channel step on it, so a
@@ -89,9 +90,11 @@ def fake_quant(x, weights, min_bits, max_bits):
     """round_ste(clip(x, lo'_c, hi'_c) / s_c) * s_c over the last axis.
 
     tf.clip_by_value's gradient gives the clipped values' gradient to the
-    bound they were clipped to (reduced over the broadcast axes), and
-    round_ste passes it straight through, so gamma, alpha and beta of every
-    channel get the fused per-tensor op's gradients, channel by channel.
+    bound they were clipped to (reduced over the broadcast axes), round_ste
+    passes it straight through, and so does the zero point's rounding in
+    ``activation_grid``, so gamma, alpha and beta of every channel get the
+    fused per-tensor op's gradients, channel by channel (beta_c: width0_c
+    times the sum of dL/dy over channel c's values outside [lo'_c, hi'_c]).
     """
     v = grid(weights, min_bits, max_bits)
     clipped = tf.clip_by_value(x, v["lo"], v["hi"])

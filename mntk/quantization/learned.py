@@ -29,9 +29,16 @@ Activations, per tensor, the entry's range parameterization: the range
     lo = lo0 + beta * (hi0 - lo0),   width = alpha * (hi0 - lo0)
     alpha in [0, 2] (init 1),  beta in [-0.6, 1.2] (init 0)    (train.py:89, :213-215)
     s = width / (2^b - 1)        (2^b levels, zero nudged onto the grid)
+    lo' = -round(-lo / s) s,  hi' = lo' + width   (round: straight-through)
 
-The shift beta does not train yet (no gradient through the rounded zero
-point: see ``_learned_ops.learned_activation_fake_quant``), so lo = lo0.
+Gradients reach alpha through the step and hi', and beta through lo': the
+values clipped at lo' or hi' give dL/dbeta = (hi0 - lo0) * sum(dL/dy over x
+outside [lo', hi']) while lo <= 0, as in the entry, where lo = lo0 + beta
+(hi0 - lo0) and Round has the identity gradient. Zero on the grid is a
+departure (TFLite's zero point): lo is kept <= 0 (lo = min(lo0 + beta
+(hi0 - lo0), 0)), as TF's FakeQuant nudges a range that does not hold 0,
+so the training grid is the one the int8 file runs; beta has no gradient
+while lo0 + beta (hi0 - lo0) > 0 (``_learned_ops.activation_grid``).
 
 The entry quantized conv inputs per *channel*. Here activations are per
 tensor by default (the departure), because only that exports exactly: in
@@ -246,7 +253,8 @@ class LearnedPrecisionActivationQuantizer(_Quantizer):
 
     The base range [lo0, hi0] is the first training batch's min/max (a
     one-time calibration held in the ``initialized`` variable); alpha and beta
-    then move it as in Texas-EIC (see the module docstring).
+    then scale and shift it as in Texas-EIC, both trained by gradient (see the
+    module docstring for beta's).
 
     ``per_channel=True``: one gamma, alpha, beta and [lo0, hi0] per channel of
     the tensor's last axis, as the entry had on conv inputs (``_per_channel``;
