@@ -149,6 +149,9 @@ FIELDS: Tuple[Field, ...] = (
     F("tpu", str, "", doc="TPU name or grpc address (strategy='tpu')"),
     F("verbose", int, 2, one_of(0, 1, 2), doc="Keras fit verbosity", output_only=True),
     F("deterministic", bool, False, doc="tf.config.experimental.enable_op_determinism"),
+    F("run_eagerly", bool, False,
+      doc="every stage's fit runs its steps eagerly (Keras run_eagerly): for debugging, and "
+          "for runs of a few steps, where tracing the train step costs more than running it"),
     F("stages", tuple, ("train",), doc="stage names, run in order"),
     F("published_error", tuple, None, doc="the entry's published figures, for the report"),
     # data: None fields are not passed to mntk.data.load (the loader's own default)

@@ -168,6 +168,8 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None,
         CheckedBackupAndRestore(backup_dir),
         keras.callbacks.TerminateOnNaN(),
     ] + list(ctx.extra_callbacks) + kill_at_callbacks(stage)  # test-only, last
+    # set per fit, after the stage's compile: Keras reads it when it builds the step
+    model.run_eagerly = bool(config.run_eagerly)
     model.fit(train_ds, epochs=epochs, steps_per_epoch=ctx.steps(), validation_data=validation,
               callbacks=all_callbacks, verbose=int(config.verbose))
     history = read_history(history_csv)
