@@ -39,11 +39,16 @@ no tensor sparse enough, or LiteRT cannot run the sparse file (this stack:
 XNNPACK fails to prepare an int8 FULLY_CONNECTED with sparse weights, and
 delegating dynamic-range CONV_2D with sparse weights), the dense file is
 written instead and ``ExportResult.sparse_note`` (also printed as one line to
-stderr) says why. What the encoding buys on this stack: the file size (float
-75%-sparse MobileNetV2: ~0.4x). XNNPACK runs sparse weights with sparse
-kernels only on CPUs without AVX (ARM, WebAssembly, SSE-only x86; XNNPACK
-``xnn_is_chw_compatible_config``) and only for the sub-graphs its NCHW rewrite
-accepts; elsewhere the weights are densified at load and run dense.
+stderr) says why. What the encoding buys everywhere: the file size (float
+75%-sparse MobileNetV2: ~0.4x). Speed only where XNNPACK runs its sparse
+kernels: a float32 model whose whole convolutional part forms one NCHW chain
+(first conv 3x3 stride 2 on 3 channels, padding 1 on every side; 1x1 convs;
+3x3/5x5 depthwise with symmetric padding; ending at a global average pool;
+1x1 kernels >= 2/3 zeros), on a CPU without AVX (ARM, WebAssembly, SSE-only
+x86). Elsewhere the weights are densified at load and run dense, and
+``ExportResult.sparse_path_note`` (printed as one line) names the layer, the
+precision or the CPU that prevents it; ``mntk.export.sparse_path`` has the
+rules and their sources.
 """
 import dataclasses
 import os
@@ -86,6 +91,9 @@ class ExportResult:
       sparse_note: why a requested sparse encoding was not written ("" when it
         was, or was not requested).
       num_threads: LiteRT threads the file was checked with (sparse export).
+      sparse_path_note: for a sparse file, one line saying whether XNNPACK
+        runs it with its sparse kernels here, or names the layer (or the CPU
+        or precision) that makes it run dense (``mntk.export.sparse_path``).
     """
     path: str
     bytes: int
@@ -99,6 +107,7 @@ class ExportResult:
     sparse: bool = False
     sparse_note: str = ""
     num_threads: int = 1
+    sparse_path_note: str = ""
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -275,7 +284,8 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
       sparse: store sparse weight tensors in TFLite's sparse format. None
         (default): when the model is pruned (``is_pruned``). When the converter
         or LiteRT cannot do it for this quantization, the dense file is
-        written and ``sparse_note`` (printed to stderr) says why.
+        written and ``sparse_note`` (printed) says why; when the sparse file
+        will run dense, ``sparse_path_note`` (printed) says why.
       num_threads: LiteRT threads of the deployment the sparse file is
         checked with (prepared and run once with the default XNNPACK delegate).
       progress: print one line per phase to stderr.
@@ -343,7 +353,7 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
     with _per_channel.per_tensor_export():
         function, input_names, output_names = serving_function(model)
     want_sparse = is_pruned(model) if sparse is None else bool(sparse)
-    sparse_note = ""
+    sparse_note = path_note = ""
     _log(progress, "converting" + (" (calibrating on representative data)"
                                    if quantize == "int8" and not qat else "")
          + (" with the sparse encoding" if want_sparse else ""))
@@ -366,6 +376,13 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
             # Never silent: the caller asked (or pruning implied) sparse.
             print(f"[mntk.export] {model.name!r}: sparse export dropped: "
                   f"{sparse_note}.", file=sys.stderr, flush=True)
+        else:
+            from mntk.export.sparse_path import sparse_kernels
+            fast, path_note = sparse_kernels(model, quantize)
+            if not fast:
+                # The file is smaller but will not run faster: say why once.
+                print(f"[mntk.export] {model.name!r}: sparse file written; "
+                      f"{path_note}.", file=sys.stderr, flush=True)
     remaining_float = float_ops(flatbuffer, model) if quantize == "int8" else []
     if remaining_float and not qat and not allow_float_ops:
         # The converter keeps ops without an int8 kernel in float even with
@@ -393,4 +410,5 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
                         float_ops=tuple(f"{op}@{layer}" if layer else op
                                         for op, layer in remaining_float),
                         sparse=tensor_summary(flatbuffer)["sparse"] > 0,
-                        sparse_note=sparse_note, num_threads=int(num_threads))
+                        sparse_note=sparse_note, num_threads=int(num_threads),
+                        sparse_path_note=path_note)
