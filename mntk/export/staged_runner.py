@@ -98,7 +98,9 @@ class StagedRunner(ExitStatistics):
         features = [x]
         best, best_logits, answer = -np.inf, None, self.num_exits
         for i, stage in enumerate(self.stages):
-            logits, new = stage.run(features)
+            # Views of the stage's buffers, no copies: a later stage reads its
+            # features straight from them, and predict copies the answer row.
+            logits, new = stage.run_views(features)
             if i == self.num_exits and self.fallback == "final":
                 return logits[0], i, i
             score = float(self._scores(logits)[0])
@@ -293,6 +295,14 @@ class _Stage:
                 lo += size
         return outs[0], outs[1:]
 
+
+    def run_views(self, features):
+        """``run`` for one sample without copies: the outputs as views of this
+        stage's buffers (float files; int8 ones are dequantized copies). They
+        stay valid until the stage runs again, and must be dropped by then:
+        LiteRT refuses to invoke an interpreter while a view of it lives."""
+        outs = self._invoke(features, 0, 1)
+        return outs[0], outs[1:]
 
     def __call__(self, features):
         return self.run(features)
