@@ -217,7 +217,7 @@ def test_quantize_fit_export_verify(app, scheme, tmp_path):
     held_out = _inputs(name, 128, offset=256)
     check = mntk.export.verify(result, q, held_out)
     keras_logits = q.predict(held_out[0], verbose=0)
-    step = _output_step(q)
+    step = _output_step(q, keras_logits)
     spread = float(np.mean(np.std(keras_logits, axis=0)))  # how the logits vary with the input
     print(f"\n{name} {scheme}: agreement {check.agreement} max |diff| {check.max_abs_diff:.4g} "
           f"= {check.max_abs_diff / step:.3g} output steps; logit range {np.ptp(keras_logits):.4g},"
@@ -231,14 +231,18 @@ def test_quantize_fit_export_verify(app, scheme, tmp_path):
         check.agreement, check.max_abs_diff, step)
 
 
-def _output_step(q):
+def _output_step(q, logits):
     """One step of the 8-bit grid of the tensor the QAT model outputs: the
-    range of the last quantizer on the path back from the output / 255."""
+    range of the output layer's quantizer (through weightless pass-through
+    layers such as Flatten) / 255. A float head (TTQ and binary keep the last
+    Dense float) has no grid: then 1/255 of the logits' range."""
     ranges = {k.split("/")[0]: v for k, v in mntk.quantization.quantizer_ranges(q).items()
               if "/weight:" not in k and not k.startswith("quantize(")}
     layer = q.layers[-1]
     while layer.name not in ranges:
-        inbound = layer._inbound_nodes[0].inbound_layers
+        inbound = layer._inbound_nodes[0].inbound_layers if layer._inbound_nodes else []
+        if layer.weights or isinstance(layer, keras.layers.InputLayer) or not inbound:
+            return float(np.ptp(logits)) / 255.0
         layer = inbound[0] if isinstance(inbound, (list, tuple)) else inbound
     lo, hi = ranges[layer.name]
     return (hi - lo) / 255.0
