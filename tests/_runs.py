@@ -5,7 +5,7 @@ import os
 
 _CACHE = {}
 
-ALL_STAGES = ("train", "export", "early_exit", "prune", "quantize", "finetune")
+ALL_STAGES = ("train", "export", "early_exit", "prune", "quantize", "finetune", "prune_exits")
 
 
 def digits_config(**overrides):
@@ -34,6 +34,7 @@ def all_stages_config():
                          "early_exit.epochs": 1, "prune.epochs": 1, "quantize.epochs": 1,
                          "run_eagerly": True})
     c.finetune = ml_collections.ConfigDict({"epochs": 1, "learning_rate": 1e-4})
+    c.prune_exits = ml_collections.ConfigDict({"epochs": 1, "rates": (0.5,)})
     c.export.kinds = ("int8",)
     c.export.representative_examples = 32
     c.export.verify_examples = 64
@@ -72,4 +73,21 @@ def qat8_prune_config(init_from):
     c.prune.rates = (0.3, 0.6)
     c.prune.rewind = "stage_start"
     c.export.verify_examples = 64
+    c.run_eagerly = True     # as the all-stages run: tracing costs more than the steps
     return c
+
+
+def qat8_prune(tmp_path_factory):
+    """(config, workdir, float model path, RunSummary) of the qat8 + global
+    pruning run, uninterrupted, from a seeded 8x8 digits CNN."""
+    if "qat8_prune" not in _CACHE:
+        from mntk import models, train
+        from mntk.compat import keras
+        keras.utils.set_random_seed(0)
+        base = tmp_path_factory.mktemp("qat8_prune")
+        float_model = str(base / "float.keras")
+        models.digits_cnn(input_shape=(8, 8, 1), num_classes=10).save(float_model)
+        config = qat8_prune_config(float_model)
+        workdir = str(base / "straight")
+        _CACHE["qat8_prune"] = (config, workdir, float_model, train.run(config, workdir))
+    return _CACHE["qat8_prune"]

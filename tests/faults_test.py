@@ -349,7 +349,8 @@ def get_config(arg=None):
     return _runs.{call}
 """
 STAGE_DIRS = {"train": "0_train", "export": "1_export", "early_exit": "2_early_exit",
-              "prune": "3_prune", "quantize": "4_quantize", "finetune": "5_finetune"}
+              "prune": "3_prune", "quantize": "4_quantize", "finetune": "5_finetune",
+              "prune_exits": "6_prune_exits"}
 # Where each run of the chain is SIGKILLed (mntk.train.callbacks.KillAt), in
 # turn; each rerun resumes from the kill before it, so every training stage
 # is killed at an epoch boundary ("E:end"; "train_end": after the fit, before
@@ -360,7 +361,8 @@ KILLS = ["train:0:end", "train:1:0",
          "early_exit:0:0", "early_exit:0:end",
          "prune:0:0", "prune:0:end",
          "quantize:0:1", "quantize:0:end",
-         "finetune:0:0", "finetune:train_end"]
+         "finetune:0:0", "finetune:train_end",
+         "prune_exits:0:0", "prune_exits:0:end"]
 
 
 def saved_state(path):
@@ -486,7 +488,8 @@ def test_sigkill_in_every_stage_kind_resumes_bit_exact(tmp_path, tmp_path_factor
     kill_chain(recipe, killed, KILLS, config, STAGE_DIRS)
     # the model each stage trained (early exit: the backbone with its heads)
     assert_same_run(straight, killed, config, STAGE_DIRS,
-                    {"early_exit": ("multi.keras", True)})
+                    {"early_exit": ("multi.keras", True),
+                     "prune_exits": ("multi.keras", True)})
 
 
 QAT8_PRUNE_DIRS = {"qat8": "0_qat8", "prune": "1_prune"}
@@ -498,21 +501,16 @@ QAT8_PRUNE_KILLS = ["qat8:0:end", "qat8:1:0", "prune:0:end", "prune:1:0"]
 
 
 @pytest.mark.slow
-def test_sigkill_in_qat8_and_global_pruning_resumes_bit_exact(tmp_path):
+@pytest.mark.xdist_group("qat8_prune")  # the run train_test shares
+def test_sigkill_in_qat8_and_global_pruning_resumes_bit_exact(tmp_path, tmp_path_factory):
     """The qat8 stage (8-bit QAT of a float model given as ``init_from``,
     written here) then global magnitude pruning with rewinding, uninterrupted
     (in this process) against the same recipe SIGKILLed at
     ``QAT8_PRUNE_KILLS`` in turn: equal bit for bit, the pruning masks and
     rewind point included (they live outside the model, in the backup)."""
     import _runs
-    from mntk import models, train
-    from mntk.compat import keras
-    keras.utils.set_random_seed(0)
-    float_model = str(tmp_path / "float.keras")
-    models.digits_cnn(input_shape=(8, 8, 1), num_classes=10).save(float_model)
-    config = _runs.qat8_prune_config(float_model)
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    train.run(config, straight)
+    config, straight, float_model, _ = _runs.qat8_prune(tmp_path_factory)
+    killed = str(tmp_path / "killed")
     recipe = write(tmp_path / "qat8_prune_recipe.py", RECIPE.format(
         tests=os.path.join(ROOT, "tests"), call=f"qat8_prune_config({float_model!r})"))
     kill_chain(recipe, killed, QAT8_PRUNE_KILLS, config, QAT8_PRUNE_DIRS)

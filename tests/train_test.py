@@ -37,10 +37,11 @@ def test_every_stage_module_runs_and_writes_its_summary(all_stages):
     assert sum(e.exit_rates) == pytest.approx(1.0) and len(e.exit_rates) == 2
     assert e.mean_ops <= e.backbone_ops
     # prune: the polynomial schedule ends at the target on every pruned kernel
-    pruned = [v for v in summary.pruning.sparsity.values() if v > 0]
+    pruning = summary.stages[3].pruning
+    pruned = [v for v in pruning.sparsity.values() if v > 0]
     assert pruned and max(abs(v - 0.5) for v in pruned) < 0.02
     # ... and its float TFLite file is sparse-encoded and equal to Keras
-    pruned_file = summary.pruning.tflite
+    pruned_file = pruning.tflite
     assert pruned_file.sparse and pruned_file.sparse_note is None
     assert os.path.getsize(os.path.join(workdir, pruned_file.path)) == pruned_file.bytes
     assert pruned_file.agreement == 1.0
@@ -55,6 +56,14 @@ def test_every_stage_module_runs_and_writes_its_summary(all_stages):
     for figures in (quantized, finetuned):
         assert os.path.getsize(os.path.join(workdir, figures.tflite.path)) == \
             figures.tflite.bytes > 0
+    # prune_exits (last): the early_exit stage's exit head pruned to 50% by
+    # one global threshold, nothing else pruned, the exits evaluated again
+    heads = summary.stages[6]
+    assert summary.pruning == heads.pruning and summary.early_exit == heads.early_exit
+    assert heads.pruning.sparsity["global"] == pytest.approx(0.5, abs=0.02)
+    head_layers = [name for name in heads.pruning.sparsity if name != "global"]
+    assert head_layers and all(name.startswith("exit_0") for name in head_layers)
+    assert sum(heads.early_exit.exit_rates) == pytest.approx(1.0)
     # the final model is the QAT model, saved as .h5
     assert os.path.exists(os.path.join(workdir, "model.h5"))
     # each stage saves the model it ended with: finetune trains the QAT model
@@ -84,6 +93,35 @@ def test_finished_stages_are_skipped_on_rerun(all_stages, capsys):
     out = capsys.readouterr().out
     assert out.count("already done") == len(_runs.ALL_STAGES)
     assert again.stages == summary.stages
+
+
+@pytest.mark.xdist_group("qat8_prune")  # the run the slow kill chain shares
+def test_qat8_then_global_pruning(tmp_path_factory):
+    """Stage ``qat8`` from an ``init_from`` float model, then ``prune`` by one
+    global threshold at 30% then 60%: the int8 file agrees with the QAT
+    model, the 8-bit ranges are written, and 60% of the pruned kernels'
+    weights are zero in the saved model (counted here with numpy)."""
+    from mntk.serialization import load_model
+    config, workdir, _, summary = _runs.qat8_prune(tmp_path_factory)
+    assert [s.name for s in summary.stages] == ["qat8", "prune"]
+    qat8 = summary.stages[0].quantization
+    assert qat8.scheme == "int8" and qat8.tflite.agreement >= 0.99
+    with open(os.path.join(_runs.stage_dir(workdir, 0, "qat8"),
+                           "quantizer_ranges.json")) as f:
+        ranges = json.load(f)
+    assert ranges and all(np.all(np.asarray(lo) < np.asarray(hi))
+                          for lo, hi in (r if isinstance(r, list) else (r["min"], r["max"])
+                                         for r in ranges.values()))
+    pruning = summary.stages[1].pruning
+    assert pruning.target == pytest.approx(0.6)
+    model = load_model(os.path.join(_runs.stage_dir(workdir, 1, "prune"), "model.keras"),
+                       compile=False)
+    weights = {w.name: w.numpy() for w in model.weights}
+    kernels = [weights[name] for name in pruning.sparsity if name != "global"]
+    assert len(kernels) >= 5
+    zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros == pytest.approx(0.6, abs=0.01)
+    assert pruning.sparsity["global"] == pytest.approx(zeros, abs=1e-6)
 
 
 def test_epoch_keyed_dataset_depends_only_on_epoch():
