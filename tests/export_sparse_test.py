@@ -74,12 +74,18 @@ def test_is_pruned_counts_exact_zeros(pruned):
     assert not export.is_pruned(_cnn())
 
 
-def test_pruned_float_export_is_sparse_and_exact(pruned, tmp_path):
+def test_pruned_float_export_is_sparse_and_exact(pruned, tmp_path, capfd):
     model, (x, y) = pruned
     sparse = export.to_tflite(model, tmp_path / "sparse.tflite", progress=False)
     dense = export.to_tflite(model, tmp_path / "dense.tflite", sparse=False,
                              progress=False)
     assert sparse.sparse and not dense.sparse and sparse.sparse_note == ""
+    # Its stem is a stride-1 conv on 1 channel: XNNPACK's sparse kernels need
+    # a 3x3 stride-2 conv on 3 channels first, and the one-line note says so.
+    stem = model.layers[1].name
+    assert f"'{stem}'" in sparse.sparse_path_note
+    assert "3x3 stride 2 on 3 channels" in sparse.sparse_path_note
+    assert sparse.sparse_path_note in capfd.readouterr().err
     # 3/4 of the 1x1 and Dense weights are gone; indices cost less than values.
     kernels = sum(model.get_layer(n).kernel.numpy().size for n in ("pw1", "pw2", "logits"))
     assert dense.bytes - sparse.bytes > 0.4 * 4 * kernels
@@ -131,3 +137,5 @@ def test_size_report_gives_dense_sparse_and_gzip_sizes(pruned, tmp_path):
     assert report.dense_bytes == dense.bytes
     text = report.table()
     assert f"sparse {report.sparse_bytes} B" in text and "gzip" in text
+    assert report.sparse_path_note == result.sparse_path_note != ""
+    assert f"sparse kernels: {report.sparse_path_note}" in text

@@ -42,6 +42,10 @@ class SizeReport:
         ``tflite`` is an ``ExportResult``); None where not available.
       gzip_bytes: ``gzip -9`` of the file.
       sparse_note: why ``sparse_bytes`` is missing or equals the dense file.
+      sparse_path_note: whether XNNPACK runs the sparse encoding with its
+        sparse kernels on this machine, or what prevents it (the layer that
+        breaks the NCHW chain, the precision or the CPU;
+        ``mntk.export.sparse_path``). Smaller is certain, faster is not.
     """
     tflite_bytes: Optional[int]
     packed_bytes: float
@@ -51,6 +55,7 @@ class SizeReport:
     sparse_bytes: Optional[int] = None
     gzip_bytes: Optional[int] = None
     sparse_note: str = ""
+    sparse_path_note: str = ""
 
     @property
     def ratio(self):
@@ -62,6 +67,7 @@ class SizeReport:
                 "float32_bytes": self.float32_bytes, "ratio": self.ratio,
                 "dense_bytes": self.dense_bytes, "sparse_bytes": self.sparse_bytes,
                 "gzip_bytes": self.gzip_bytes, "sparse_note": self.sparse_note,
+                "sparse_path_note": self.sparse_path_note,
                 "layers": [dataclasses.asdict(r) | {"bits": _plain(r.bits)}
                            for r in self.rows]}
 
@@ -77,6 +83,8 @@ class SizeReport:
                      f"gzip {b(self.gzip_bytes)} B), float32 {self.float32_bytes:.0f} B")
         if self.sparse_note:
             lines.append(f"sparse: {self.sparse_note}")
+        if self.sparse_path_note:
+            lines.append(f"sparse kernels: {self.sparse_path_note}")
         return "\n".join(lines)
 
 
@@ -154,6 +162,9 @@ def size_report(model, tflite=None, representative_data=None,
         out.sparse_bytes = other.bytes
     else:
         out.sparse_note = other.sparse_note
+    if out.sparse_bytes is not None:
+        from mntk.export.sparse_path import sparse_path_note
+        out.sparse_path_note = sparse_path_note(model, quantize)
     return out
 
 

@@ -41,14 +41,9 @@ delegating dynamic-range CONV_2D with sparse weights), the dense file is
 written instead and ``ExportResult.sparse_note`` (also printed as one line to
 stderr) says why. What the encoding buys everywhere: the file size (float
 75%-sparse MobileNetV2: ~0.4x). Speed only where XNNPACK runs its sparse
-kernels: a float32 model whose whole convolutional part forms one NCHW chain
-(first conv 3x3 stride 2 on 3 channels, padding 1 on every side; 1x1 convs;
-3x3/5x5 depthwise with symmetric padding; ending at a global average pool;
-1x1 kernels >= 2/3 zeros), on a CPU without AVX (ARM, WebAssembly, SSE-only
-x86). Elsewhere the weights are densified at load and run dense, and
-``ExportResult.sparse_path_note`` (printed as one line) names the layer, the
-precision or the CPU that prevents it; ``mntk.export.sparse_path`` has the
-rules and their sources.
+kernels (float32, one NCHW chain from a 3x3 stride-2 first conv to a global
+average pool, a CPU without AVX: ``mntk.export.sparse_path``); elsewhere the
+file runs dense and ``ExportResult.sparse_path_note`` (printed) says why.
 """
 import dataclasses
 import os
