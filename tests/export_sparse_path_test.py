@@ -7,6 +7,7 @@ and breaks exactly one, and checks the named layer.
 """
 import numpy as np
 import pytest
+from _marks import fast_first
 
 from mntk.compat import keras
 from mntk.export import sparse_path
@@ -60,14 +61,16 @@ def test_model_built_to_the_rules_passes():
     assert sparse_path.sparse_path_blocker(_chain()) == ""
 
 
-@pytest.mark.parametrize("kwargs, layer, words", [
+@pytest.mark.parametrize("case", fast_first([
     ({"first_padding": "same"}, "stem", "TensorFlow SAME at stride 2"),
     ({"dw2_padding": "pad01"}, "dw2", "((0, 1), (0, 1))"),
     ({"dw2_padding": "same"}, "dw2", "TensorFlow SAME at stride 2"),
     ({"rescale": True}, "scale", "before the first Conv2D"),
     ({"dw_kernel": 7}, "dw1", "3x3 or 5x5"),
-])
-def test_blocker_names_the_layer(kwargs, layer, words):
+], ids=["stem_same_stride2", "dw_pad01", "dw_same_stride2", "rescaling_in_front",
+        "dw_7x7"]))
+def test_blocker_names_the_layer(case):
+    kwargs, layer, words = case
     note = sparse_path.sparse_path_blocker(_chain(**kwargs))
     assert f"'{layer}'" in note and words in note
 
