@@ -75,6 +75,17 @@ def test_blocker_names_the_layer(case):
     assert f"'{layer}'" in note and words in note
 
 
+def test_pruning_wrappers_and_nested_models_are_seen_through():
+    import tensorflow_model_optimization as tfmot
+    prune = tfmot.sparsity.keras.prune_low_magnitude
+    assert sparse_path.sparse_path_blocker(prune(_chain())) == ""
+    note = sparse_path.sparse_path_blocker(prune(_chain(first_padding="same")))
+    assert "'stem'" in note
+    inner = _chain()
+    outer = keras.Sequential([keras.Input((32, 32, 3)), inner])
+    assert sparse_path.sparse_path_blocker(outer) == ""
+
+
 def test_chain_must_end_at_a_global_average_pool():
     note = sparse_path.sparse_path_blocker(_chain(tail_pool="flatten"))
     assert "'flatten'" in note or "GlobalAveragePooling2D" in note

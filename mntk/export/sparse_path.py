@@ -85,17 +85,21 @@ def _padding(layer):
 
 
 def _inbound(layer):
-    """Layers feeding ``layer`` in its (first) functional node."""
-    node = layer._inbound_nodes[0]
-    layers = node.inbound_layers
-    return list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    """Layers feeding ``layer`` (the graph's own layer: a wrapper, not the
+    layer it wraps) in its first functional node, unwrapped."""
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not nodes:
+        return []
+    layers = nodes[0].inbound_layers
+    layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    return [wrapped.unwrap(parent) for parent in layers]
 
 
-def _explicit_padding(layer, kernel, stride):
+def _explicit_padding(layer, kernel, stride, outer=None):
     """Total padding XNNPACK sees for a conv: a preceding ZeroPadding2D plus
     the conv's own; None when TensorFlow SAME stays implicit (stride > 1)."""
     extra = ((0, 0), (0, 0))
-    source = _inbound(layer)
+    source = _inbound(outer if outer is not None else layer)
     if len(source) == 1 and isinstance(source[0], keras.layers.ZeroPadding2D):
         extra = _padding(source[0])
     if layer.padding == "same":
@@ -108,7 +112,7 @@ def _explicit_padding(layer, kernel, stride):
     return tuple((a[0] + b[0], a[1] + b[1]) for a, b in zip(extra, own))
 
 
-def _check_layer(layer, first):
+def _check_layer(layer, first, outer=None):
     """Why ``layer`` breaks the NCHW chain ("" when it fits)."""
     name = f"layer {layer.name!r} ({type(layer).__name__})"
     if isinstance(layer, (keras.layers.InputLayer, keras.layers.ZeroPadding2D,
@@ -128,7 +132,7 @@ def _check_layer(layer, first):
             return (f"{name}: strides {stride}, dilation {layer.dilation_rate}, "
                     f"depth multiplier {layer.depth_multiplier}; needs equal "
                     "strides 1 or 2, no dilation, multiplier 1")
-        pad = _explicit_padding(layer, k[0], stride[0])
+        pad = _explicit_padding(layer, k[0], stride[0], outer)
         want = ((k[0] // 2,) * 2,) * 2
         if pad != want:
             got = "TensorFlow SAME at stride 2" if pad is None else f"padding {pad}"
@@ -140,7 +144,7 @@ def _check_layer(layer, first):
         if layer.groups != 1 or tuple(layer.dilation_rate) != (1, 1):
             return f"{name}: groups/dilation; needs groups=1 and no dilation"
         if k == (1, 1):
-            pad = _explicit_padding(layer, 1, stride[0])
+            pad = _explicit_padding(layer, 1, stride[0], outer)
             if stride != (1, 1) or pad != ((0, 0), (0, 0)):
                 return f"{name}: 1x1 conv with strides {stride} or padding; needs neither"
             return ""
@@ -148,7 +152,7 @@ def _check_layer(layer, first):
             return (f"{name}: a {k[0]}x{k[1]} conv inside the network; the NCHW "
                     "chain takes only 1x1 convs after the first one")
         channels = int(layer.input_shape[-1])
-        pad = _explicit_padding(layer, k[0], stride[0])
+        pad = _explicit_padding(layer, k[0], stride[0], outer)
         if k != (3, 3) or stride != (2, 2) or channels != 3 or pad != ((1, 1), (1, 1)):
             got = "TensorFlow SAME at stride 2" if pad is None else f"padding {pad}"
             return (f"{name}: the first conv must be 3x3 stride 2 on 3 channels with "
@@ -166,12 +170,12 @@ def sparse_path_blocker(model, quantize="none"):
     if quantize != "none":
         return (f"quantize={quantize!r}: XNNPACK's sparse path takes float32 "
                 "models only")
-    layers = [wrapped.unwrap(layer) for layer in wrapped.iter_layers(model)]
     spatial, ended, first = [], False, True
     params = zeros = 0
-    for layer in layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    for outer in wrapped.iter_layers(model):
+        layer = wrapped.unwrap(outer)
+        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
+            continue  # a nested model's own layers come next
         shape = layer.input_shape
         if isinstance(shape, list):
             shape = shape[0]
@@ -187,7 +191,7 @@ def sparse_path_blocker(model, quantize="none"):
                     "model input before the first Conv2D; XNNPACK's NCHW chain "
                     "must start at a 3x3 stride-2 Conv2D reading the input (move "
                     "the layer into the input pipeline)")
-        why = _check_layer(layer, first)
+        why = _check_layer(layer, first, outer)
         if why:
             return why
         if type(layer) is keras.layers.Conv2D and layer.kernel_size == (1, 1):
