@@ -51,8 +51,9 @@ def test_readme_tour_runs_and_its_figures_hold(tmp_path, monkeypatch):
     assert namespace["ops_saved"] > 0, namespace["ops_saved"]
     assert namespace["pruned_accuracy"] >= accuracy - 0.02, ("pruned", namespace["pruned_accuracy"], accuracy)
     assert namespace["ternary_accuracy"] >= accuracy - 0.02, ("ternary", namespace["ternary_accuracy"], accuracy)
-    # bring your own model: the int8 QAT copy runs (its ranges are untrained;
-    # parity after a fit is checked in tests/applications_test.py)
+    # bring your own model: the int8 QAT copy (ranges calibrated on x32) runs.
+    # Not a parity check: this random-weight MobileNetV3Small's logits are
+    # constant to 7e-11 over x32; parity after a fit: tests/applications_test.py
     assert np.isfinite(namespace["byo_diff"])
     assert not any(type(l).__name__ == "TFOpLambda" for l in namespace["mine"].layers)
     assert os.path.exists("runs/ternary.tflite") and os.path.exists("runs/staged")
