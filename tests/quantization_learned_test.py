@@ -127,6 +127,51 @@ def test_score_gradient_reaches_weight_and_activation_bits_in_ratio(digits_split
     assert float(ga) == pytest.approx(8 * 0.7 * n * s * c / 32 / M_BASE, rel=1e-5)
 
 
+def _per_layer_score(score):
+    """The score's formula layer by layer with each quantizer's own methods
+    (bits_tensor, nonzeros_per_channel), plain TF: the reference the
+    vectorized count (one concat of every layer's channels) must equal."""
+    def bits_of(bits):
+        if not bits.learned:
+            return tf.constant(32.0 if bits.const is None else bits.const)
+        out = tf.reduce_max(tf.stack([tf.reduce_max(q.bits_tensor(v)) for q, v in bits.learned]))
+        return out if bits.const is None else tf.maximum(out, bits.const)
+    params, ops = 0.0, 0.0
+    for k in score.kernels:
+        b = tf.broadcast_to(tf.reshape(k.quantizer.bits_tensor(k.variables), [-1]), [k.channels])
+        nnz = k.quantizer.nonzeros_per_channel(k.weight, k.variables)
+        dense, sparse = k.rows * tf.reduce_sum(b), tf.reduce_sum(nnz * b) + k.rows * k.channels
+        params += tf.minimum(dense, sparse)
+        stored = nnz if float(sparse) < float(dense) else tf.fill([k.channels], float(k.rows))
+        ops += tf.reduce_sum(stored * soft_max_bits(b, bits_of(k.in_bits))) * k.spatial / 32.0
+        ops += tf.reduce_sum(tf.maximum(stored - 1.0, 0.0)) * k.spatial / 32.0 * score.acc_bits
+    for count, source, _ in score.elementwise:
+        ops += count / 32.0 * bits_of(source)
+    return ((params + score.const_param_bits) / 32.0 / score.p_base
+            + (ops + score.const_ops) / score.m_base)
+
+
+def test_vectorized_score_equals_the_per_layer_formula_and_its_gradients(digits_split):
+    """Mixed bits (2-8 per channel), a sparse layer, a per-tensor Dense grid,
+    a depthwise kernel: value and the gradient of every gamma as layer by layer."""
+    rng = np.random.default_rng(5)
+    model = tiny_model()
+    pw = model.get_layer("pw")
+    pw.kernel.assign(pw.kernel.numpy() * (rng.random(pw.kernel.shape) < 0.2))
+    q = _learned(digits_split, 8, model)
+    gammas = _gammas(q)
+    for v in gammas:
+        v.assign(rng.integers(2, 9, v.shape).astype("float32") / 8.0)
+    score = DifferentiableScore(q, task="imagenet")
+    assert len(score.kernels) == 5 and score.elementwise
+    with tf.GradientTape(persistent=True) as tape:
+        got, want = score(), _per_layer_score(score)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    for v, g, w in zip(gammas, tape.gradient(got, gammas), tape.gradient(want, gammas)):
+        assert w is not None and np.any(w.numpy() != 0), v.name
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, err_msg=v.name)
+
+
 def test_cost_target_score_signs_and_config(digits_split):
     q = _learned(digits_split, 4)
     now = float(mntk.cost.estimate(q, task="imagenet").score)

@@ -32,6 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from mntk import wrapped
+from mntk.quantization import _learned_ops as _ops
+from mntk.quantization._grid import round_ste as _round_ste
 
 __all__ = ["DifferentiableScore", "soft_max_bits", "MAX_WEIGHT_SHARE"]
 
@@ -202,45 +204,132 @@ class DifferentiableScore:
         return None
 
     def _layout(self):
-        """Per-channel constants of all learned kernels, concatenated: the
-        kernel of each channel (sorted segment ids), values per channel n,
-        output positions S / 32, and each kernel's mask bits n * C."""
-        seg, rows, spatial, mask = [], [], [], []
+        """Index constants of the vectorized count, built once (numpy).
+
+        Channels of all learned kernels are concatenated (kernel i's channels
+        at ``offset_i``); each kernel's gamma and range vector ((C,), or (1,)
+        for a per-tensor Dense grid) is concatenated too and gathered to its
+        channels. Each kernel's values, flattened, have channel
+        ``offset_i + index % C_i`` (channels are the last axis, cin*mult for
+        a depthwise kernel). Learned activation quantizers are numbered; each
+        input-bits expression (a kernel's input, an element-wise op's inputs)
+        is max(its learned quantizers' widest channels..., its constant).
+        """
+        if getattr(self, "_layout_cache", None) is not None:
+            return self._layout_cache
+        lay = {}
+        seg, rows, spatial, mask, gamma_idx, offsets = [], [], [], [], [], []
+        value_channel, lo_b, hi_b = [], [], []
+        position = channel = 0
         for i, k in enumerate(self.kernels):
             seg += [i] * k.channels
             rows += [float(k.rows)] * k.channels
             spatial += [k.spatial / 32.0] * k.channels
             mask.append(float(k.rows * k.channels))
-        return (tf.constant(seg, tf.int32), tf.constant(rows, tf.float32),
-                tf.constant(spatial, tf.float32), tf.constant(mask, tf.float32))
+            size = int(np.prod(k.variables["gamma"].shape))
+            gamma_idx += list(range(position, position + size)) if size == k.channels \
+                else [position] * k.channels
+            position += size
+            offsets.append(channel)
+            count = int(np.prod(k.weight.shape))
+            value_channel.append(channel + np.arange(count) % k.channels)
+            lo_b += [float(k.quantizer.min_bits)] * k.channels
+            hi_b += [float(k.quantizer.max_bits)] * k.channels
+            channel += k.channels
+        lay["seg"] = tf.constant(seg, tf.int32)
+        lay["rows"] = tf.constant(rows, tf.float32)
+        lay["spatial"] = tf.constant(spatial, tf.float32)
+        lay["mask"] = tf.constant(mask, tf.float32)
+        lay["gamma_idx"] = tf.constant(gamma_idx, tf.int32)
+        lay["channels"] = channel
+        lay["value_channel"] = tf.constant(
+            np.concatenate(value_channel) if value_channel else np.zeros(0), tf.int32)
+        lay["lo_b"], lay["hi_b"] = tf.constant(lo_b), tf.constant(hi_b)
+        # learned activation quantizers and the bits expressions that use them
+        acts, index = [], {}
+        exprs = [k.in_bits for k in self.kernels] + [src for _, src, _ in self.elementwise]
+        pairs_e, pairs_q, consts = [], [], []
+        for e, bits in enumerate(exprs):
+            for q, v in bits.learned:
+                if id(v) not in index:
+                    index[id(v)] = len(acts)
+                    acts.append((q, v))
+                pairs_e.append(e)
+                pairs_q.append(index[id(v)])
+            if bits.const is not None:
+                consts.append(float(bits.const))
+            else:  # no constant: the learned max alone (or 32 bits without any)
+                consts.append(32.0 if not bits.learned else float(np.finfo(np.float32).min))
+        a_seg, a_lo, a_hi = [], [], []
+        for j, (q, v) in enumerate(acts):
+            size = int(np.prod(v["gamma"].shape))
+            a_seg += [j] * size
+            a_lo += [float(q.min_bits)] * size
+            a_hi += [float(q.max_bits)] * size
+        lay["acts"] = acts
+        lay["a_seg"] = tf.constant(a_seg, tf.int32)
+        lay["a_lo"], lay["a_hi"] = tf.constant(a_lo), tf.constant(a_hi)
+        lay["pairs_e"] = tf.constant(pairs_e, tf.int32)
+        lay["pairs_q"] = tf.constant(pairs_q, tf.int32)
+        lay["consts"] = tf.constant(consts, tf.float32)
+        lay["exprs"] = len(exprs)
+        lay["counts"] = tf.constant([count / 32.0 for count, _, _ in self.elementwise])
+        self._layout_cache = lay
+        return lay
+
+    @staticmethod
+    def _bits(gamma, lo_b, hi_b):
+        """clip(round_ste(8 gamma), min_bits, max_bits), elementwise with
+        per-entry bounds: the quantizers' ``bits_tensor`` ops, all at once."""
+        return tf.clip_by_value(_round_ste(gamma * 8.0), lo_b, hi_b)
+
+    def _input_bits(self, lay):
+        """Every bits expression's value, (E,): max over its learned
+        activation quantizers (each at its widest channel) and its constant."""
+        if not lay["acts"]:
+            return lay["consts"]
+        gammas = [tf.reshape(v["gamma"], [-1]) for _, v in lay["acts"]]
+        a_bits = self._bits(tf.concat(gammas, 0) if len(gammas) > 1 else gammas[0],
+                            lay["a_lo"], lay["a_hi"])
+        widest = tf.math.segment_max(a_bits, lay["a_seg"])
+        learned = tf.math.unsorted_segment_max(tf.gather(widest, lay["pairs_q"]),
+                                               lay["pairs_e"], lay["exprs"])
+        return tf.maximum(learned, lay["consts"])
 
     def _dynamic(self):
         """(param bits, 32-bit-equivalent ops) of the learned rows, all kernels
-        at once: one vector of every kernel's channels, so the count is a
-        fixed handful of ops whatever the number of layers (per layer, only
-        each quantizer's bits and nonzero count)."""
-        cache = {}
-
-        def bits_of(quantizer, variables):
-            key = id(variables)  # each quantizer's bits computed once per call
-            if key not in cache:
-                cache[key] = quantizer.bits_tensor(variables)
-            return cache[key]
+        and activations at once: every learned kernel's channels in one
+        vector, its values in another (one division, one comparison, one
+        segment sum for the nonzeros), every learned activation width in a
+        third, so the count is a fixed handful of ops whatever the number of
+        layers; per layer only the variables' reads and the kernels' flatten.
+        The same elementwise ops as ``bits_tensor``, ``weight_step`` and
+        ``nonzeros_per_channel``, so the same values."""
+        lay = self._layout()
         params, ops = tf.constant(0.0), tf.constant(0.0)
+        in_bits = self._input_bits(lay) if lay["exprs"] else None
         if self.kernels:
-            seg, rows, spatial, mask = self._layout()
-            bits, nonzeros = [], []
+            def flat(key):
+                parts = [tf.reshape(k.variables[key], [-1]) for k in self.kernels]
+                return tf.concat(parts, 0) if len(parts) > 1 else parts[0]
+            gather = lay["gamma_idx"]
+            bits = self._bits(tf.gather(flat("gamma"), gather), lay["lo_b"], lay["hi_b"])
+            # nonzeros of the quantized kernels: |w / s_c| > 0.5 (see
+            # nonzeros_per_channel), a count without gradient
+            step = tf.stop_gradient(_ops.weight_step(bits, tf.gather(flat("range"), gather))[-1])
+            values = []
             for k in self.kernels:
-                own = bits_of(k.quantizer, k.variables)
-                nonzeros.append(k.quantizer.nonzeros_per_channel(k.weight, k.variables, own))
-                b = tf.reshape(own, [-1])
-                if b.shape[0] != k.channels:  # one width per tensor (Dense)
-                    b = tf.broadcast_to(b, [k.channels])
-                bits.append(b)
-            bits = tf.concat(bits, 0) if len(bits) > 1 else bits[0]
-            nnz = tf.concat(nonzeros, 0) if len(nonzeros) > 1 else nonzeros[0]
-            in_bits = tf.gather(tf.stack([k.in_bits.tensor(bits_of) for k in self.kernels]),
-                                seg)
+                w = k.weight
+                if "sparsity_mask" in k.variables:
+                    w = w * k.variables["sparsity_mask"]
+                values.append(tf.reshape(w, [-1]))
+            values = tf.concat(values, 0) if len(values) > 1 else values[0]
+            nonzero = tf.cast(tf.abs(values / tf.gather(step, lay["value_channel"])) > 0.5,
+                              tf.float32)
+            nnz = tf.math.unsorted_segment_sum(nonzero, lay["value_channel"], lay["channels"])
+            seg, rows, spatial, mask = lay["seg"], lay["rows"], lay["spatial"], lay["mask"]
+            kernel_in = in_bits[:len(self.kernels)]
+            channel_in = tf.gather(kernel_in, seg)
             # storage: the cheaper of dense (n sum b_c) and sparse (sum nnz_c b_c + mask)
             dense = tf.math.segment_sum(bits * rows, seg)
             sparse = tf.math.segment_sum(nnz * bits, seg) + mask
@@ -248,13 +337,11 @@ class DifferentiableScore:
             params = tf.reduce_sum(tf.where(use_sparse, sparse, dense))
             stored = tf.where(tf.gather(use_sparse, seg), nnz, rows)
             # multiplies at the straight-through max(b_w, b_in); adds at the accumulator
-            mults = tf.reduce_sum(stored * soft_max_bits(bits, in_bits) * spatial)
+            mults = tf.reduce_sum(stored * soft_max_bits(bits, channel_in) * spatial)
             adds = tf.reduce_sum(tf.maximum(stored - 1.0, 0.0) * spatial) * self.acc_bits
             ops = mults + adds
         if self.elementwise:
-            counts = tf.constant([count / 32.0 for count, _, _ in self.elementwise])
-            ops = ops + tf.reduce_sum(counts * tf.stack(
-                [source.tensor(bits_of) for _, source, _ in self.elementwise]))
+            ops = ops + tf.reduce_sum(lay["counts"] * in_bits[len(self.kernels):])
         return params, ops
 
     def parts(self):
