@@ -151,14 +151,19 @@ def _per_layer_score(score):
             + (ops + score.const_ops) / score.m_base)
 
 
-def test_vectorized_score_equals_the_per_layer_formula_and_its_gradients(digits_split):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_vectorized_score_equals_the_per_layer_formula_and_its_gradients(
+        digits_split, per_channel):
     """Mixed bits (2-8 per channel), a sparse layer, a per-tensor Dense grid,
-    a depthwise kernel: value and the gradient of every gamma as layer by layer."""
+    a depthwise kernel, per-tensor or per-channel activations (each counted at
+    its widest channel): value and every gamma's gradient as layer by layer."""
     rng = np.random.default_rng(5)
     model = tiny_model()
     pw = model.get_layer("pw")
     pw.kernel.assign(pw.kernel.numpy() * (rng.random(pw.kernel.shape) < 0.2))
-    q = _learned(digits_split, 8, model)
+    q = mq.quantize(model, scheme=mq.LearnedPrecisionScheme(
+        init_bits=8, activation_per_channel=per_channel), skip=[])
+    q(digits_split[0][0][:64], training=True)
     gammas = _gammas(q)
     for v in gammas:
         v.assign(rng.integers(2, 9, v.shape).astype("float32") / 8.0)

@@ -272,6 +272,17 @@ class DifferentiableScore:
         lay["pairs_e"] = tf.constant(pairs_e, tf.int32)
         lay["pairs_q"] = tf.constant(pairs_q, tf.int32)
         lay["consts"] = tf.constant(consts, tf.float32)
+        # The common case (per-tensor activations, one learned source per
+        # expression) needs no max at all: a max over one value is that
+        # value, with gradient 1, and the segment maxima's gradients are the
+        # costly part of the term's backward (measured), so skip them there.
+        lay["one_per_act"] = len(a_seg) == len(acts)
+        lay["one_per_expr"] = sorted(pairs_e) == sorted(set(pairs_e))
+        lay["expr_learned"] = (None if set(pairs_e) == set(range(len(exprs))) else
+                               tf.constant([e in pairs_e for e in range(len(exprs))]))
+        lay["expr_source"] = tf.constant(
+            [pairs_q[pairs_e.index(e)] if e in pairs_e else 0 for e in range(len(exprs))],
+            tf.int32)
         lay["exprs"] = len(exprs)
         lay["counts"] = tf.constant([count / 32.0 for count, _, _ in self.elementwise])
         self._layout_cache = lay
@@ -291,9 +302,14 @@ class DifferentiableScore:
         gammas = [tf.reshape(v["gamma"], [-1]) for _, v in lay["acts"]]
         a_bits = self._bits(tf.concat(gammas, 0) if len(gammas) > 1 else gammas[0],
                             lay["a_lo"], lay["a_hi"])
-        widest = tf.math.segment_max(a_bits, lay["a_seg"])
-        learned = tf.math.unsorted_segment_max(tf.gather(widest, lay["pairs_q"]),
-                                               lay["pairs_e"], lay["exprs"])
+        widest = a_bits if lay["one_per_act"] else tf.math.segment_max(a_bits, lay["a_seg"])
+        if lay["one_per_expr"]:
+            learned = tf.gather(widest, lay["expr_source"])
+            if lay["expr_learned"] is not None:  # no learned source: the constant alone
+                learned = tf.where(lay["expr_learned"], learned, np.finfo(np.float32).min)
+        else:
+            learned = tf.math.unsorted_segment_max(tf.gather(widest, lay["pairs_q"]),
+                                                   lay["pairs_e"], lay["exprs"])
         return tf.maximum(learned, lay["consts"])
 
     def _dynamic(self):
