@@ -96,7 +96,13 @@ def calibrate_ranges(model, data, max_samples=256) -> Dict[str, Tuple[float, flo
     ``data`` (in place); returns ``{"layer/kind": (min, max)}`` as set.
 
     Call it after ``quantize`` and before ``fit`` (or use ``quantize(...,
-    calibration_data=...)``). See the module docstring for what is set.
+    calibration_data=...)``), and again before export when the fit was too
+    short for tfmot's moving averages to follow the activations (a few steps
+    from random weights). See the module docstring for what is set.
+
+    While it runs, the model's quantizer classes pass tensors through
+    unchanged (their ``__call__`` is swapped and restored on exit): do not run
+    other QAT models in other threads meanwhile.
 
     Args:
       model: a QAT model made by ``mntk.quantization.quantize`` (tfmot
