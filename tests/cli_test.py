@@ -2,6 +2,7 @@
 
 Most cases call ``mntk.cli.main`` in this process (it builds a fresh flag set
 per call); one test runs the real command in a subprocess."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -109,6 +110,13 @@ def test_human_summary_of_a_run(tmp_path_factory):
     assert f"Keras test accuracy      {100 * summary.accuracy:6.2f}%" in text
     assert f"mean weight bits {summary.quantization.mean_weight_bits:.2f}" in text
     assert "early exit at block1_out" in text and "pruned to 50%" in text
+    # the prune stage's sparse float file (the run's last pruning figures are
+    # prune_exits', which exports none)
+    pruned = summary.stages[3].pruning.tflite
+    assert summary.pruning.tflite is None and "TFLite pruned float" not in text
+    text = cli.format_summary(dataclasses.replace(summary, pruning=summary.stages[3].pruning))
+    assert (f"TFLite pruned float      {100 * pruned.accuracy_tflite:6.2f}%  agreement 100.00%  "
+            f"{pruned.bytes:,} bytes, sparse-encoded") in text
 
 
 @pytest.mark.slow

@@ -435,6 +435,16 @@ def kill_chain(recipe, workdir, kills, config, stage_dirs):
             assert_kill_point(workdir, point, config, stage_dirs)
 
 
+def json_diff(a, b, path=""):
+    """The paths where two JSON values differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b), key=str)
+                for d in json_diff(a.get(key), b.get(key), f"{path}.{key}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in json_diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [(path, a, b)]
+
+
 def assert_same_run(straight, killed, config, stage_dirs, trained_models):
     """Every stage's history rows and trained model (``trained_models``:
     stage -> (file, has optimizer state)), the TFLite files, calibration and
@@ -453,7 +463,8 @@ def assert_same_run(straight, killed, config, stage_dirs, trained_models):
         assert_same_state(os.path.join(a, trained), os.path.join(b, trained), stage, optimizer)
         with open(os.path.join(a, "summary.json")) as f, \
                 open(os.path.join(b, "summary.json")) as g:
-            assert json.load(f) == json.load(g), stage
+            x, y = json.load(f), json.load(g)
+            assert x == y, (stage, json_diff(x, y))
     names = sorted(n for n in os.listdir(straight) if n.endswith(".tflite"))
     assert names and names == sorted(n for n in os.listdir(killed) if n.endswith(".tflite"))
     for name in names + ["calibration.json", "summary.json"]:
@@ -465,6 +476,7 @@ def assert_same_run(straight, killed, config, stage_dirs, trained_models):
         if name.endswith(".json"):
             x, y = json.loads(x), json.loads(y)
             x.pop("seconds", None), y.pop("seconds", None)
+            assert x == y, (name, json_diff(x, y))
         assert x == y, name
     final = "model.h5" if os.path.exists(os.path.join(straight, "model.h5")) else "model.keras"
     assert_same_state(os.path.join(straight, final), os.path.join(killed, final),

@@ -49,6 +49,11 @@ def format_summary(summary) -> str:
     if p is not None:
         lines.append(f"  pruned to {p.target:.0%}            accuracy {_pct(p.accuracy)}  score "
                      + _score(p.cost))
+        t = p.tflite
+        if t is not None:
+            encoding = "sparse-encoded" if t.sparse else f"dense ({t.sparse_note or 'no zeros'})"
+            lines.append(f"  TFLite pruned float      {_pct(t.accuracy_tflite)}  agreement "
+                         f"{_pct(t.agreement)}  {t.bytes:,} bytes, {encoding}")
     q = summary.quantization
     if q is not None:
         lines.append(f"  {q.scheme} QAT              accuracy {_pct(q.accuracy)}  mean weight bits "

@@ -30,7 +30,7 @@ from mntk.train.disk import MARGIN, NoSpaceError, check_space, is_no_space, no_s
 from mntk.train.errors import DivergedError, RecipeError
 from mntk.train.saving import copy_final_model, load_stage_model, save_final_model, \
     save_stage_model
-from mntk.train.stages import STAGES
+from mntk.train.stages import HANDS_ON, STAGES
 from mntk.train.summary import RunSummary, read_stage
 from mntk.train.workdir import WorkdirLock, record_config
 
@@ -163,7 +163,7 @@ def _run_stages(config, workdir, plan, extra_callbacks) -> RunSummary:
                                     f"lower {name}.learning_rate or check the input data")
             check_space(workdir, 2 * variable_bytes(ctx.model) + MARGIN if ctx.model is not None
                         else MARGIN, f"saving stage {name!r}", workdir)
-            save_stage_model(ctx)
+            save_stage_model(ctx, unchanged=name in HANDS_ON)
             write_json(done, stage_summary.to_dict())
             if is_chief():
                 remove_backups(ctx.stage_dir)

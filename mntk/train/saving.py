@@ -33,12 +33,22 @@ def save_model(model, directory: str) -> str:
     return path
 
 
-def save_stage_model(ctx) -> None:
+def save_stage_model(ctx, unchanged: bool = False) -> None:
     """The chief saves into the stage folder; other workers (which hold the
-    same weights) into their own folder, so no two processes write one file."""
-    if ctx.model is not None:
-        folder = ctx.writable_dir()
-        os.makedirs(folder, exist_ok=True)
+    same weights) into their own folder, so no two processes write one file.
+    ``unchanged``: the stage did not touch ``ctx.model``; the file it was
+    saved to or loaded from is copied (a model loaded without its optimizer,
+    as a resumed run loads it, would otherwise be saved without it)."""
+    if ctx.model is None:
+        return
+    folder = ctx.writable_dir()
+    os.makedirs(folder, exist_ok=True)
+    source = _SAVED.get(ctx.model)
+    if unchanged and source and os.path.exists(source):
+        path = os.path.join(folder, os.path.basename(source))
+        shutil.copyfile(source, path)
+        _SAVED[ctx.model] = path
+    else:
         save_model(ctx.model, folder)
 
 

@@ -26,3 +26,9 @@ STAGES = {
     "quantize": quantize_stage,
     "finetune": finetune_stage,
 }
+
+#: Stages that hand ``ctx.model`` on as they got it (export writes files,
+#: prune_exits trains the exit heads of its own multi-exit model): their
+#: stage folder gets a copy of the file the model came from, so the final
+#: model file is the same whether or not the run was resumed before them.
+HANDS_ON = frozenset({"export", "prune_exits"})
