@@ -105,7 +105,11 @@ def test_qat8_then_global_pruning(tmp_path_factory):
     config, workdir, _, summary = _runs.qat8_prune(tmp_path_factory)
     assert [s.name for s in summary.stages] == ["qat8", "prune"]
     qat8 = summary.stages[0].quantization
-    assert qat8.scheme == "int8" and qat8.tflite.agreement >= 0.99
+    # four steps from random weights: near-tied logits (accuracy near 10%), so
+    # the int8 file is judged by its logits (within 0.1; a wrong range or BN
+    # fold is off by whole units) more than by its top-1 agreement
+    assert qat8.scheme == "int8" and qat8.tflite.agreement >= 0.9
+    assert qat8.tflite.max_abs_diff <= 0.1
     with open(os.path.join(_runs.stage_dir(workdir, 0, "qat8"),
                            "quantizer_ranges.json")) as f:
         ranges = json.load(f)
