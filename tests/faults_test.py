@@ -536,7 +536,9 @@ def test_sigkill_in_qat8_and_global_pruning_resumes_bit_exact(tmp_path, tmp_path
 @pytest.mark.slow
 def test_sigint_exits_130_in_one_line_and_resumes(tmp_path):
     workdir = str(tmp_path / "w")
-    args = ["train", *SRIP_RUN, f"--workdir={workdir}"]
+    # 20 epochs: after the first epoch's row the other two of a 3-epoch run
+    # took under a second, and the run could end before the signal (CI, once)
+    args = ["train", *SRIP_RUN, "--config.train.epochs=20", f"--workdir={workdir}"]
     proc = run_cli(args)
     wait_for("", proc, done=lambda: history_rows(workdir) >= 1)
     proc.send_signal(signal.SIGINT)
@@ -548,6 +550,7 @@ def test_sigint_exits_130_in_one_line_and_resumes(tmp_path):
     out, err = again.communicate(timeout=900)
     assert again.returncode == 0, err[-2000:]
     assert os.path.exists(os.path.join(workdir, "summary.json"))
+    assert history_rows(workdir) == 20
 
 
 @pytest.mark.slow
