@@ -556,7 +556,9 @@ def test_sigint_exits_130_in_one_line_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_two_concurrent_runs_the_second_fails_naming_the_first(tmp_path):
     workdir = str(tmp_path / "w")
-    args = ["train", *SRIP_RUN, f"--workdir={workdir}"]
+    # 20 epochs: the second process imports TensorFlow (seconds) before it
+    # looks at the lock, and a 3-epoch first run can be done by then
+    args = ["train", *SRIP_RUN, "--config.train.epochs=20", f"--workdir={workdir}"]
     first = run_cli(args)
     wait_for(os.path.join(workdir, ".lock"), first)
     second = run_cli(args)
