@@ -13,8 +13,9 @@ calibration data into the converter's generator.
 """
 import importlib
 
+from mntk.export.sparse_path import is_pruned
 from mntk.export.tflite import (ExportError, ExportResult, QUANTIZE_MODES,
-                                is_pruned, is_qat_model, to_tflite)
+                                is_qat_model, to_tflite)
 from mntk.export.verify import OutputParity, VerifyResult, verify
 
 _LAZY = {

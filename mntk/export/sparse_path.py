@@ -48,6 +48,26 @@ import numpy as np
 from mntk import wrapped
 from mntk.compat import keras
 
+# Below this fraction of exact zeros a kernel counts as dense (a trained dense
+# model has none; tfmot pruning reaches its target exactly).
+PRUNED_ZERO_FRACTION = 0.3
+
+
+def is_pruned(model) -> bool:
+    """True when ``model`` holds tfmot pruning wrappers or a weighted layer
+    whose stored kernel (the latent one under a QAT wrapper: the zeros of a
+    ternary quantizer's output are not pruning) has at least
+    ``PRUNED_ZERO_FRACTION`` exact zeros: ``to_tflite`` then writes the
+    sparse encoding."""
+    if wrapped.is_pruned(model):
+        return True
+    for layer in wrapped.iter_layers(model):
+        kernel = wrapped.effective_kernel(wrapped.unwrap(layer))
+        if kernel is not None and kernel.ndim >= 2 and kernel.size >= 64 and float(
+                np.mean(kernel == 0.0)) >= PRUNED_ZERO_FRACTION:
+            return True
+    return False
+
 # XNNPACK skips the NCHW rewrite when the 1x1 convs of the chain have fewer
 # zeros than this fraction of their weights (num_zeroes * 3 <= num_params).
 MIN_ZERO_FRACTION = 2.0 / 3.0

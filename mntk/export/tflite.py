@@ -51,7 +51,6 @@ import re
 import sys
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from mntk import wrapped
@@ -59,6 +58,7 @@ from mntk.compat import ensure_tf_keras, keras
 from mntk.export.diagnostics import (_layer_for, describe_converter_error, float_ops,
                                      prepare_error, tensor_summary)
 from mntk.export.representative import _representative_generator
+from mntk.export.sparse_path import is_pruned
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
 INFERENCE_IO = ("float", "int8")
@@ -120,26 +120,6 @@ def _log(progress, message):
 def is_qat_model(model) -> bool:
     """True when ``model`` holds tfmot quantization-aware layers."""
     return wrapped.is_quantized(model)
-
-
-# Below this fraction of exact zeros a kernel counts as dense (a trained dense
-# model has none; tfmot pruning reaches its target exactly).
-PRUNED_ZERO_FRACTION = 0.3
-
-
-def is_pruned(model) -> bool:
-    """True when ``model`` holds tfmot pruning wrappers or a weighted layer
-    whose stored kernel (the latent one under a QAT wrapper: the zeros of a
-    ternary quantizer's output are not pruning) has at least
-    ``PRUNED_ZERO_FRACTION`` exact zeros."""
-    if wrapped.is_pruned(model):
-        return True
-    for layer in wrapped.iter_layers(model):
-        kernel = wrapped.effective_kernel(wrapped.unwrap(layer))
-        if kernel is not None and kernel.ndim >= 2 and kernel.size >= 64 and float(
-                np.mean(kernel == 0.0)) >= PRUNED_ZERO_FRACTION:
-            return True
-    return False
 
 
 def _check_writable(path):
