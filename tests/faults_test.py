@@ -533,13 +533,22 @@ def test_sigkill_in_qat8_and_global_pruning_resumes_bit_exact(tmp_path, tmp_path
     assert 0.55 < sparsity < 0.65, sparsity
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 def test_sigint_exits_130_in_one_line_and_resumes(tmp_path):
     workdir = str(tmp_path / "w")
     # 20 epochs: after the first epoch's row the other two of a 3-epoch run
     # took under a second, and the run could end before the signal (CI, once)
     args = ["train", *SRIP_RUN, "--config.train.epochs=20", f"--workdir={workdir}"]
-    proc = run_cli(args)
+    # Ctrl-C's default action in the child: an ignored or blocked SIGINT is
+    # inherited through exec (a shell without job control starts background
+    # jobs with it ignored), and Python then installs no KeyboardInterrupt
+    # handler: the run went on to exit 0 in two fresh-clone CI runs
+    proc = run_cli(args, preexec_fn=_default_sigint)
     wait_for("", proc, done=lambda: history_rows(workdir) >= 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
