@@ -16,26 +16,50 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from mntk.compat import keras
 
-# Two logical CPU devices, so MirroredStrategy tests get two replicas. This has
-# to happen before TensorFlow initializes its devices, i.e. at collection time.
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:  # already initialized by an earlier import
-    pass
-# Under pytest-xdist (bin/test runs a worker per core) each worker keeps one
-# intra-op thread, so the workers do not fight over the cores.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    tf.config.threading.set_intra_op_parallelism_threads(1)
+def _is_xdist_controller(config):
+    """True in the process that only hands tests to pytest-xdist workers: it
+    runs no test, so it need not spend seconds importing TensorFlow."""
+    workers = getattr(config.option, "numprocesses", None)
+    return bool(workers) and not os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_configure(config):
+    if not _is_xdist_controller(config):
+        _configure_tensorflow()
+
+
+def _configure_tensorflow():
+    import tensorflow as tf
+    # Two logical CPU devices, so MirroredStrategy tests get two replicas. This
+    # has to happen before TensorFlow initializes its devices.
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:  # already initialized by an earlier import
+        pass
+    # Under pytest-xdist (bin/test runs a worker per core) each worker keeps
+    # one intra-op thread, so the workers do not fight over the cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.distribute.MirroredStrategy = _mirrored_strategy(tf.distribute.MirroredStrategy)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups
+def pytest_collection_modifyitems(config, items):
+    # Each test module runs on one xdist worker (unless its tests name a group
+    # of their own), so a module-scoped fixture (a trained model, a pruned
+    # export) is built once per run rather than once per worker.
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
+    from mntk.compat import keras
     # Session fixtures are built before this runs (higher scopes first), so
     # every test starts from the same seed whichever test built them. Models
     # built before a clear_session keep working: it only resets Keras's name
@@ -78,6 +102,7 @@ def _guard_unchanged(model):
 def trained_cnn(digits_split):
     """tests/_models.small_cnn trained 15 epochs on the digits train split."""
     from _models import compile_classifier, small_cnn
+    from mntk.compat import keras
     keras.utils.set_random_seed(0)
     model = compile_classifier(small_cnn())
     model.fit(*digits_split[0], epochs=15, batch_size=64, verbose=0)
@@ -90,6 +115,7 @@ def trained_multi_exit(digits_split):
     and ``block2_inner`` (inside the residual block: the skip tensor crosses
     that exit), trained jointly on the digits train split."""
     from _models import residual_backbone
+    from mntk.compat import keras
     from mntk.early_exit import add_exits, compile_exits, osi_head
     keras.utils.set_random_seed(0)
     multi = add_exits(residual_backbone(), at=["block1_out", "block2_inner"],
@@ -100,18 +126,17 @@ def trained_multi_exit(digits_split):
     yield from _guard_unchanged(multi)
 
 
-# MirroredStrategy over the two logical CPUs reduces through one device instead
-# of collective ops: each new strategy restarts the collective instance keys,
-# and a key reused by a later strategy in this process aborts its all-reduce
-# ("Shape mismatch in the collective instance"). The replicas still train on
-# their own halves of the batch and sum their gradients.
-_NewMirroredStrategy = tf.distribute.MirroredStrategy
+def _mirrored_strategy(base):
+    """MirroredStrategy over the two logical CPUs, reducing through one device
+    instead of collective ops: each new strategy restarts the collective
+    instance keys, and a key reused by a later strategy in this process aborts
+    its all-reduce ("Shape mismatch in the collective instance"). The replicas
+    still train on their own halves of the batch and sum their gradients."""
+    import tensorflow as tf
 
+    class _MirroredStrategy(base):
+        def __init__(self, devices=None, cross_device_ops=None):
+            super().__init__(devices=devices, cross_device_ops=(
+                cross_device_ops or tf.distribute.ReductionToOneDevice()))
 
-class _MirroredStrategy(_NewMirroredStrategy):
-    def __init__(self, devices=None, cross_device_ops=None):
-        super().__init__(devices=devices, cross_device_ops=(
-            cross_device_ops or tf.distribute.ReductionToOneDevice()))
-
-
-tf.distribute.MirroredStrategy = _MirroredStrategy
+    return _MirroredStrategy
