@@ -52,3 +52,26 @@ def test_public_entry_points_refuse_keras3_models():
                  lambda: mntk.early_exit.add_exits(model, at=["conv2d"])):
         with pytest.raises(TypeError, match="from mntk.compat import keras"):
             call()
+
+
+_PROBE = """
+import sys, importlib
+import mntk.pruning, mntk.quantization
+from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+guarded = (prune_registry.base_layer, "keras.src.layers" in sys.modules)
+for name in ("keras.engine", "keras.src.engine"):
+    del sys.modules[name]
+importlib.reload(prune_registry)       # tfmot's own probe, unguarded
+print(guarded, (prune_registry.base_layer, "keras.src.layers" in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_tfmot_import_skips_keras3_with_the_same_outcome():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=True)
+    # guarded: tfmot gets base_layer=None without importing Keras 3; unguarded,
+    # its probe imports Keras 3 and still ends with base_layer=None
+    assert out.stdout.split("\n")[-2] == "(None, False) (None, True)", out.stdout
