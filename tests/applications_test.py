@@ -233,16 +233,51 @@ def test_quantize_fit_export_verify(app, scheme, tmp_path):
     keras_logits = q.predict(held_out[0], verbose=0)
     step = _output_step(q, keras_logits)
     spread = float(np.mean(np.std(keras_logits, axis=0)))  # how the logits vary with the input
+    # What int8 rounding alone moves these logits by: the same file run by
+    # LiteRT's two int8 kernel sets (XNNPACK, float requantization; the builtin
+    # reference kernels, fixed-point requantization). A conversion error is in
+    # the file, so both run it alike: it does not widen this figure.
+    own = np.abs(_litert_logits(result.path, held_out[0], "xnnpack")
+                 - _litert_logits(result.path, held_out[0], "builtin")).max() / step
     print(f"\n{name} {scheme}: agreement {check.agreement} max |diff| {check.max_abs_diff:.4g} "
-          f"= {check.max_abs_diff / step:.3g} output steps; logit range {np.ptp(keras_logits):.4g},"
-          f" input-dependence {spread:.4g}")
+          f"= {check.max_abs_diff / step:.3g} output steps (LiteRT's two kernel sets: "
+          f"{own:.3g}); logit range {np.ptp(keras_logits):.4g}, input-dependence {spread:.4g}")
     # the logits span many steps of their 8-bit grid (constant logits, as on
     # an uncalibrated [-6, 6] grid, would agree trivially) ...
     assert np.ptp(keras_logits) > 20 * step, (np.ptp(keras_logits), step)
     # ... and the file computes them: same class, or (near-tied logits of a
-    # barely trained backbone) within a few steps of that grid
-    assert check.agreement >= 0.99 or check.max_abs_diff <= 4 * step, (
-        check.agreement, check.max_abs_diff, step)
+    # barely trained backbone) within a few steps of that grid, or within twice
+    # what LiteRT's two kernel sets differ by on this file (Keras's float
+    # fake-quant is a third rounding order: ResNet50V2's 16 residual blocks
+    # carry each one's flips to the logits, 12-20 steps between the two kernel
+    # sets and 13-26 from Keras, BUILD.md "The applications matrix")
+    tolerance = max(4.0, 2.0 * own)
+    assert check.agreement >= 0.99 or check.max_abs_diff <= tolerance * step, (
+        check.agreement, check.max_abs_diff / step, own)
+
+
+def _litert_logits(path, x, kernels):
+    """The file's float output on ``x`` from LiteRT itself (not mntk.export):
+    ``kernels`` "xnnpack" (LiteRT's default CPU set-up) or "builtin" (its
+    reference kernels only). int8 input/output tensors are (de)quantized with
+    their own scale and zero point: q = round(x / s) + z, x = (q - z) s."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    resolver = (OpResolverType.AUTO if kernels == "xnnpack" else
+                OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    runner = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=resolver).get_signature_runner()
+    (in_name, inp), = runner.get_input_details().items()
+    (out_name, out), = runner.get_output_details().items()
+    feed = np.asarray(x, np.float32)
+    if inp["dtype"] != np.float32:
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        feed = np.clip(np.round(feed / scale) + zero, info.min, info.max).astype(inp["dtype"])
+    y = runner(**{in_name: feed})[out_name]
+    if out["dtype"] != np.float32:
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y
 
 
 def _output_step(q, logits):
