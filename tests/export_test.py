@@ -304,10 +304,18 @@ def test_average_pool_same_scale_violation_names_the_cause_and_the_fix(
                "parameters violate the same scale constraint: !quant.uniform<i8:f32, "
                "0.0108> vs. !quant.uniform<i8:f32, 0.0039:-128>")
 
-    def refuse(self):
+    def refuse():
         raise ConverterError(message)
 
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", refuse)
+    real = tf.lite.TFLiteConverter.from_saved_model
+
+    def refusing_converter(*args, **kwargs):
+        converter = real(*args, **kwargs)
+        converter.convert = refuse
+        return converter
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model",
+                        staticmethod(refusing_converter))
     with pytest.raises(export.ExportError) as err:
         export.to_tflite(qat, tmp_path / "q.tflite", quantize="int8", progress=False)
     text = str(err.value)

@@ -1,12 +1,8 @@
 """Keras (tf_keras) model -> TFLite flatbuffer, float, dynamic-range or int8.
 
-Conversion goes through ``tf.lite.TFLiteConverter.from_concrete_functions`` on
-a ``tf.function`` that calls the model with ``training=False`` and returns a
-dict ``{output name: tensor}``. The dict makes the TFLite signature carry the
-Keras output names (``model.output_names``), so a multi-output model's outputs
-can be matched by name: the converter sorts signature outputs and the raw
-output tensor order does not follow the Keras order. Inputs are named after
-``model.input_names`` with a free batch dimension.
+Conversion reads a SavedModel of the model called with ``training=False``,
+its inputs and outputs named after the Keras model's and its variables frozen
+(``mntk.export.signature``).
 
 Quantization modes (``quantize=``):
 
@@ -57,7 +53,9 @@ from mntk import wrapped
 from mntk.compat import ensure_tf_keras, keras
 from mntk.export.diagnostics import (_layer_for, describe_converter_error, float_ops,
                                      prepare_error, tensor_summary)
+from mntk.export import signature
 from mntk.export.representative import _representative_generator
+from mntk.export.signature import serving_function
 from mntk.export.sparse_path import is_pruned
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
@@ -145,32 +143,18 @@ def _check_writable(path):
             "writable directory.")
 
 
-def serving_function(model):
-    """A concrete function ``inputs -> {output name: output}`` for the converter."""
-    names = list(model.input_names)
-    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
-             for t, n in zip(model.inputs, names)]
-    output_names = list(model.output_names)
-
-    @tf.function
-    def serve(*xs):
-        outputs = model(list(xs) if len(xs) > 1 else xs[0], training=False)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return {n: o for n, o in zip(output_names, outputs)}
-
-    return serve.get_concrete_function(*specs), names, output_names
-
-
 def _convert(model, function, quantize, qat, representative_data, inference_io,
              max_representative_samples, sparse):
     """One converter run: the flatbuffer, or ExportError naming op and layer."""
-    # A bare holder of the variables, not the model itself: a model carrying
-    # extra tracked state (apply_srip's losses/metrics) converts without any
-    # signature when passed as the trackable object.
-    holder = tf.Module()
-    holder.variables_to_keep = list(model.variables)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+    with signature.saved_model(function) as directory:
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+        return _configured(converter, model, quantize, qat, representative_data,
+                           inference_io, max_representative_samples, sparse)
+
+
+def _configured(converter, model, quantize, qat, representative_data, inference_io,
+                max_representative_samples, sparse):
+    """Set ``converter``'s options and run it (inside the SavedModel's lifetime)."""
     optimizations = []
     if quantize in ("dynamic", "int8"):
         optimizations.append(tf.lite.Optimize.DEFAULT)
