@@ -182,7 +182,8 @@ def _int8_vs_float(model, label, tmp):
 def _sparse_vs_dense(model, label, tmp):
     """Pruned model: dense vs sparse-encoded file, float and int8."""
     from mntk.export import to_tflite
-    from mntk.export.tflite import _convert, serving_function
+    from mntk.export.signature import serving_function
+    from mntk.export.tflite import _convert
     model = _prune(model)
     data = _inputs(model, 100)
     rows = []

@@ -55,7 +55,6 @@ from mntk.export.diagnostics import (_layer_for, describe_converter_error, float
                                      prepare_error, tensor_summary)
 from mntk.export import signature
 from mntk.export.representative import _representative_generator
-from mntk.export.signature import serving_function
 from mntk.export.sparse_path import is_pruned
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
@@ -310,7 +309,7 @@ def to_tflite(model, path, quantize="none", representative_data=None, *,
               "mntk.export.verify, or quantize with per_channel=False for an "
               "exact export.", file=sys.stderr, flush=True)
     with _per_channel.per_tensor_export():
-        function, input_names, output_names = serving_function(model)
+        function, input_names, output_names = signature.serving_function(model)
     want_sparse = is_pruned(model) if sparse is None else bool(sparse)
     sparse_note = path_note = ""
     _log(progress, "converting" + (" (calibrating on representative data)"
