@@ -552,43 +552,41 @@ def _default_sigint():
 
 
 @pytest.mark.slow
-def test_sigint_exits_130_in_one_line_and_resumes(tmp_path):
+def test_second_run_is_refused_then_sigint_exits_130_and_resumes(tmp_path):
+    """One run, three faults in turn: a second process on the same work
+    directory fails in one line naming the first (which trains on); Ctrl-C
+    stops the first with exit 130 and one line; the same command resumes it
+    to the end. (One run for both checks: each CLI process costs a
+    TensorFlow start.)"""
     workdir = str(tmp_path / "w")
-    # 20 epochs: after the first epoch's row the other two of a 3-epoch run
-    # took under a second, and the run could end before the signal (CI, once)
+    # 20 epochs: the second process imports TensorFlow (seconds) before it
+    # looks at the lock, and a 3-epoch first run can be done by then
     args = ["train", *SRIP_RUN, "--config.train.epochs=20", f"--workdir={workdir}"]
     # Ctrl-C's default action in the child: an ignored or blocked SIGINT is
     # inherited through exec (a shell without job control starts background
     # jobs with it ignored), and Python then installs no KeyboardInterrupt
     # handler: the run went on to exit 0 in two fresh-clone CI runs
-    proc = run_cli(args, preexec_fn=_default_sigint)
-    wait_for("", proc, done=lambda: history_rows(workdir) >= 1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "interrupted; rerun the same command to resume" in lines[0], err
-    again = run_cli(args)
-    out, err = again.communicate(timeout=900)
-    assert again.returncode == 0, err[-2000:]
-    assert os.path.exists(os.path.join(workdir, "summary.json"))
-    assert history_rows(workdir) == 20
-
-
-@pytest.mark.slow
-def test_two_concurrent_runs_the_second_fails_naming_the_first(tmp_path):
-    workdir = str(tmp_path / "w")
-    # 20 epochs: the second process imports TensorFlow (seconds) before it
-    # looks at the lock, and a 3-epoch first run can be done by then
-    args = ["train", *SRIP_RUN, "--config.train.epochs=20", f"--workdir={workdir}"]
-    first = run_cli(args)
+    first = run_cli(args, preexec_fn=_default_sigint)
     wait_for(os.path.join(workdir, ".lock"), first)
     second = run_cli(args)
     _, err = second.communicate(timeout=300)
     assert second.returncode == 1
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and f"in use by pid {first.pid}" in lines[0], err
-    assert first.wait(900) == 0
+    # the refused process left the first alone: it goes on training
+    rows = history_rows(workdir)
+    wait_for("", first, done=lambda: history_rows(workdir) > rows)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 130, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "interrupted; rerun the same command to resume" in lines[0], err
+    assert history_rows(workdir) < 20
+    again = run_cli(args)
+    out, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err[-2000:]
+    assert os.path.exists(os.path.join(workdir, "summary.json"))
+    assert history_rows(workdir) == 20
 
 
 # ------------------------------------------------------- in-process resumes
