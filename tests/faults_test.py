@@ -651,9 +651,11 @@ def test_history_rows_beyond_the_backup_are_cut(tmp_path):
 
 # ------------------------------------------------------------ a full disk
 
+# (steps run eagerly: these runs check the files a run writes, and tracing
+# cost more than their two steps)
 TINY = [DIGITS, "--config.stages=('train',)", "--config.train.epochs=1",
         "--config.train.max_steps_per_epoch=2", "--config.data.image_size=8",
-        "--config.verbose=0"]
+        "--config.verbose=0", "--config.run_eagerly=True"]
 
 
 def one_error_line(capsys):
