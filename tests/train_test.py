@@ -169,7 +169,8 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     config = _runs.digits_config(**{
         "stages": ("train",), "train.learning_rate": 1e9, "train.epochs": 2,
         "train.max_steps_per_epoch": 4, "train.optimizer": "sgd",
-        "tricks.srip.enabled": False, "tricks.adaptive_smoothing.enabled": False})
+        "tricks.srip.enabled": False, "tricks.adaptive_smoothing.enabled": False,
+        "run_eagerly": True})
     with pytest.raises(ValueError, match=r"stage 'train' diverged at epoch 0: \w+ is nan"):
         train.run(config, str(tmp_path))
     # the lock is released and the diverged stage is not marked done
@@ -179,8 +180,10 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 
 @pytest.mark.slow
 def test_rerun_with_another_config_needs_force_or_restart_from(tmp_path, capsys):
+    # five short runs: eager steps (tracing cost more than their two steps)
     config = _runs.digits_config(**{"stages": ("train",), "train.epochs": 1,
-                                    "train.max_steps_per_epoch": 2})
+                                    "train.max_steps_per_epoch": 2, "data.image_size": 8,
+                                    "run_eagerly": True})
     first = train.run(config, str(tmp_path))
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["train"]["learning_rate"] == config.train.learning_rate
