@@ -230,6 +230,7 @@ def test_digits_cnn_trains_to_95_percent():
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    model.fit(data.x_train, data.y_train, batch_size=32, epochs=10, verbose=0)
+    # 6 epochs: test accuracy 0.981-0.986 at seeds 0-2 (0.953-0.964 after 3)
+    model.fit(data.x_train, data.y_train, batch_size=32, epochs=6, verbose=0)
     _, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
     assert accuracy >= 0.95
