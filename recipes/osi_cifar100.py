@@ -167,14 +167,14 @@ def get_config(arg=None):
 
 
 def smoke(c):
-    """Seconds on CPU: digits at 32x32 RGB, upsampled to 35, six blocks, a few steps."""
+    """Seconds on CPU: digits at 16x16 RGB, upsampled to 17, six blocks, a few steps."""
     c.data = ml_collections.ConfigDict(
-        {"name": "digits", "image_size": 32, "channels": 3, "batch_size": 32,
+        {"name": "digits", "image_size": 16, "channels": 3, "batch_size": 32,
          "mix": "mixup", "mix_alpha": 1.0, "fractions": (0.6, 0.2, 0.2)})
     # six of the ten blocks (the exit still reads block4_out): tracing the
     # graphs of five fits is most of a smoke run's time
     c.model.kwargs = ml_collections.ConfigDict(
-        {"upsample": 35, "width": 0.25, "head_filters": 64, "dropout": 0.0,
+        {"upsample": 17, "width": 0.25, "head_filters": 64, "dropout": 0.0,
          "drop_connect_rate": 0.0,
          "blocks_table": ((3, 1, 24, 16, 1, 1), (3, 1, 16, 24, 6, 1), (3, 2, 24, 40, 6, 2),
                           (3, 1, 40, 56, 6, 1), (3, 1, 56, 72, 6, 2))})
