@@ -4,13 +4,16 @@ a nested backbone. Slow: a matrix of model x capability (issue 14).
 
 Each model is built once per module; every cell works on its own copy
 (``mntk.prepare``), so the cells are independent, except that the int8 cell's
-QAT copy is also the one the save/load cell saves (one quantization less).
+QAT copy is also the one the save/load cell saves (one quantization less),
+and the prune and quantize cells start from one logits copy (both copy what
+they are given and leave it untouched: tests/pruning_test.py,
+tests/quantization_api_test.py).
 
 CI runs the functional CNN and MobileNetV3Small's first four bottlenecks
 ("MobileNetV3Small-4blocks": keras.applications' own MobileNetV3 builder and
 block function; TF-op hard-swish, squeeze-excite, Rescaling, a 1x1 conv
 classifier) with the int8 and ternary schemes, to keep CI short: the full
-MobileNetV3Small's row took 2.5x its CPU time (109 s against 43 s on one core;
+MobileNetV3Small's row took 2.7x its CPU time (109 s against 41 s on one core;
 tracing, cloning and conversion grow with the layer count, 239 against 79).
 ``MNTK_APPLICATIONS=all`` runs the whole matrix (every model, every scheme).
 """
@@ -122,13 +125,18 @@ def app(request):
 
 
 @pytest.fixture(scope="module")
-def int8_qat(app):
+def logits_model(app):
+    """The app with its softmax head made a logits head, once per model."""
+    return softmax_heads.to_logits(app[1])
+
+
+@pytest.fixture(scope="module")
+def int8_qat(app, logits_model):
     """The app's int8 QAT copy (logits head, activation ranges from its
     data), quantized once: the int8 cell fits and exports it, the save/load
     cell saves and reloads it."""
-    name, model = app
-    return mntk.quantization.quantize(softmax_heads.to_logits(model), scheme="int8",
-                                      calibration_data=_inputs(name, 64)[0])
+    return mntk.quantization.quantize(logits_model, scheme="int8",
+                                      calibration_data=_inputs(app[0], 64)[0])
 
 
 def test_ci_row_is_mobilenet_v3_small_cut_short():
@@ -263,10 +271,9 @@ def test_early_exit_train_calibrate_staged_tflite(app, tmp_path):
     np.testing.assert_allclose(logits[same], keras_logits[same], atol=1e-3)
 
 
-def test_prune_strip_estimate(app):
+def test_prune_strip_estimate(app, logits_model):
     name, model = app
-    pruned = _ce(mntk.pruning.prune(softmax_heads.to_logits(model), target=0.5, steps_per_epoch=1,
-                                    epochs=1))
+    pruned = _ce(mntk.pruning.prune(logits_model, target=0.5, steps_per_epoch=1, epochs=1))
     x, y = _inputs(name, 16)
     pruned.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=mntk.pruning.callbacks())
     stripped = mntk.pruning.strip(pruned)
@@ -279,14 +286,13 @@ SCHEMES = {"int8": lambda: "int8", "ternary": lambda: mntk.quantization.TernaryS
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES) if FULL else ["int8", "ternary"])
-def test_quantize_fit_export_verify(app, scheme, tmp_path, request):
+def test_quantize_fit_export_verify(app, logits_model, scheme, tmp_path, request):
     name, model = app
     x, y = _inputs(name, 64)
     # activation ranges from the data, not tfmot's [-6, 6] start (which two fit
     # steps barely move: EfficientNetB0 agreed on 0.32 of inputs without this)
     q = _ce(request.getfixturevalue("int8_qat") if scheme == "int8" else
-            mntk.quantization.quantize(softmax_heads.to_logits(model), scheme=SCHEMES[scheme](),
-                                       calibration_data=x))
+            mntk.quantization.quantize(logits_model, scheme=SCHEMES[scheme](), calibration_data=x))
     q.fit(x, y, batch_size=32, epochs=1, verbose=0)
     # Two Adam steps from random weights grow some activations' scale up to
     # 1400x (EfficientNetB0's head), which tfmot's moving average (decay 0.999)
