@@ -56,7 +56,7 @@ pruning: estimated 20 h on one H100-class GPU (not measured).
 
 Run:   mntk train --config=recipes/kaist_cifar100.py --workdir=runs/kaist
 Smoke: mntk train --config=recipes/kaist_cifar100.py:smoke --workdir=/tmp/kaist
-       (a two-row network on scikit-learn's digits at 32x32 RGB, seconds on CPU)
+       (a two-row network on scikit-learn's digits at 16x16 RGB, seconds on CPU)
 """
 import ml_collections
 
@@ -140,9 +140,9 @@ def get_config(arg=None):
 
 
 def smoke(c):
-    """Seconds on CPU: digits at 32x32 RGB, two block rows, a few steps."""
+    """Seconds on CPU: digits at 16x16 RGB, two block rows, a few steps."""
     c.data = ml_collections.ConfigDict(
-        {"name": "digits", "image_size": 32, "channels": 3, "batch_size": 32,
+        {"name": "digits", "image_size": 16, "channels": 3, "batch_size": 32,
          "mix": "cutmix", "mix_alpha": 1.0, "fractions": (0.6, 0.2, 0.2)})
     c.model.kwargs = ml_collections.ConfigDict(
         {"blocks_table": ((3, 16, 1, 1), (3, 24, 2, 2)), "stem_filters": 16})
