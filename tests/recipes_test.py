@@ -1,13 +1,19 @@
 """Smoke runs of every recipe in ``recipes/``, each run once, through the
-installed ``mntk`` console script started from a directory outside the
-repository (so nothing resolves through the working directory: a recipe that
-imports ``recipes`` fails here). Each runs its whole stage list on digits
+``mntk`` command line started from a directory outside the repository (so
+nothing resolves through the working directory: a recipe that imports
+``recipes`` fails here): OSI and Texas through the installed console script
+in a process of their own, the others through ``mntk.cli.main`` in the test
+process (the same parsing and runner; measured on one core, their own process
+cost 1-13 CPU-s more each, mostly importing TensorFlow again; OSI's and Texas'
+runs did not get cheaper in-process). Each runs its whole stage list on digits
 resized to the recipe's input, and the checks show the pipeline really ran:
 loss finite and falling, the recipe's techniques active (SRIP logged, sparsity
 reached, exit rate reported, bits reported), TFLite exported and verified with
 LiteRT, cost report written."""
 import ast
+import contextlib
 import importlib
+import io
 import json
 import math
 import os
@@ -25,6 +31,8 @@ pytestmark = pytest.mark.slow
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ("kaist_cifar100", "osi_cifar100", "ttq_cifar10", "ternary_cifar100",
            "texas_eic_imagenet")
+#: the recipes run by the installed console script in a process of their own
+CONSOLE_SCRIPT = ("osi_cifar100", "texas_eic_imagenet")
 
 
 def per_recipe(*names):
@@ -45,22 +53,36 @@ _RUNS = {}
 
 
 def smoke_run(name, tmp_path_factory):
-    """Run a recipe's smoke config once per session through the console
-    script; later tests reuse it. (config, workdir, summary.json as a dict)."""
+    """Run a recipe's smoke config once per session through the command line
+    (the console script for ``CONSOLE_SCRIPT``, else ``mntk.cli.main``); later
+    tests reuse it. (config, workdir, summary.json as a dict)."""
     if name not in _RUNS:
         config = importlib.import_module(f"recipes.{name}").get_config("smoke")
         base = tmp_path_factory.mktemp(name)
         outside = base / "elsewhere"
         outside.mkdir()
         workdir = base / "run"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-        if os.environ.get("PYTEST_XDIST_WORKER"):
-            env["TF_NUM_INTRAOP_THREADS"] = "1"   # a worker per core: one thread each
-        result = subprocess.run(
-            [_console_script(), "train", f"--config={ROOT / 'recipes' / name}.py:smoke",
-             f"--workdir={workdir}", "--config.verbose=0"],
-            cwd=outside, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-4000:]
+        args = ["train", f"--config={ROOT / 'recipes' / name}.py:smoke",
+                f"--workdir={workdir}", "--config.verbose=0"]
+        if name in CONSOLE_SCRIPT:
+            env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                env["TF_NUM_INTRAOP_THREADS"] = "1"   # a worker per core: one thread each
+            result = subprocess.run([_console_script(), *args], cwd=outside, env=env,
+                                    capture_output=True, text=True, timeout=900)
+            assert result.returncode == 0, result.stderr[-4000:]
+        else:
+            from mntk import cli
+            from mntk.compat import keras
+            here, err = os.getcwd(), io.StringIO()
+            os.chdir(outside)
+            try:
+                with contextlib.redirect_stderr(err):
+                    status = cli.main(["mntk", *args])
+            finally:
+                os.chdir(here)
+                keras.backend.clear_session()   # the run's graphs: the worker goes on
+            assert status == 0, err.getvalue()[-4000:]
         assert not list(outside.iterdir()), "the run wrote into the working directory"
         summary = json.loads((workdir / "summary.json").read_text())
         _RUNS[name] = (config, str(workdir), summary)
