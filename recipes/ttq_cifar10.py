@@ -113,19 +113,22 @@ def get_config(arg=None):
     c.export.verify_examples = 2000
 
     if c.smoke:
-        smoke(c)
+        # a depth named with 'smoke' (resnet32,smoke) is the network smoked
+        smoke(c, shallow=not any(a in DEPTHS for a in args))
     return c
 
 
-def smoke(c):
+def smoke(c, shallow=True):
     """Seconds on CPU: digits at 16x16 RGB (10 classes, like CIFAR-10), the
-    pre-activation ResNet at depth 8 (one unit per stage: every kind of unit
-    and shortcut of ResNet-20, a third of its layers to trace)."""
+    pre-activation ResNet at depth 8 unless a depth is named (``shallow``:
+    one unit per stage, every kind of unit and shortcut of ResNet-20, a third
+    of its layers to trace)."""
     c.data = ml_collections.ConfigDict(
         {"name": "digits", "image_size": 16, "channels": 3, "batch_size": 32,
          "fractions": (0.6, 0.2, 0.2)})
-    c.model.name = "resnet_preact"
-    c.model.kwargs = ml_collections.ConfigDict({"depth": 8})
+    if shallow:
+        c.model.name = "resnet_preact"
+        c.model.kwargs = ml_collections.ConfigDict({"depth": 8})
     c.train.epochs = 2
     c.train.step_epochs = (1,)
     c.train.step_learning_rates = (0.01,)
