@@ -10,25 +10,32 @@ from mntk.train.context import write_json
 from mntk.train.summary import CostFigures, TfliteFigures
 
 
-#: in-memory test splits up to this many examples are run by eager calls of
-#: the model: tracing ``predict``'s function for a new model (every stage has
-#: one) costs more than a few eager batches (the Texas smoke run, three
-#: quantized models on 360 digits: 96 -> 80 CPU-s on one core); bigger splits
-#: and distributed models go through ``predict``
+#: in-memory splits up to this many examples are run by eager calls of the
+#: model: tracing ``predict``'s function for a new model (every stage has one)
+#: costs more than a few eager batches (the Texas smoke run, three quantized
+#: models on 360 digits: 96 -> 80 CPU-s on one core); bigger splits and
+#: distributed models go through ``predict``
 EAGER_EXAMPLES = 4096
+
+
+def predict_outputs(model, x: np.ndarray, batch_size: int = 256) -> list:
+    """Every output of ``model`` on the arrays ``x`` (inference mode), a list
+    of numpy arrays, final output last."""
+    if len(x) <= EAGER_EXAMPLES and model.distribute_strategy.num_replicas_in_sync == 1 \
+            and not tf.distribute.has_strategy():
+        batches = [model(x[i:i + batch_size], training=False)
+                   for i in range(0, len(x), batch_size)]
+        batches = [b if isinstance(b, (list, tuple)) else [b] for b in batches]
+        return [np.concatenate([np.asarray(b[k]) for b in batches])
+                for k in range(len(batches[0]))]
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    return [np.asarray(o) for o in out] if isinstance(out, list) else [np.asarray(out)]
 
 
 def evaluate(model, data) -> float:
     """Top-1 accuracy of the (last) output on the test split."""
-    if data.x_test is not None and len(data.x_test) <= EAGER_EXAMPLES \
-            and model.distribute_strategy.num_replicas_in_sync == 1 \
-            and not tf.distribute.has_strategy():
-        x = data.x_test
-        out = np.concatenate([np.asarray(_last(model(x[i:i + 256], training=False)))
-                              for i in range(0, len(x), 256)])
-        labels = data.y_test
-    elif data.x_test is not None:
-        out = model.predict(data.x_test, batch_size=256, verbose=0)
+    if data.x_test is not None:
+        out = predict_outputs(model, data.x_test)
         labels = data.y_test
     else:
         # predict + labels rather than model.evaluate: the compiled metrics may
@@ -40,10 +47,6 @@ def evaluate(model, data) -> float:
     if labels.ndim == 2:
         labels = labels.argmax(-1)
     return float(np.mean(np.argmax(out, -1) == labels))
-
-
-def _last(out):
-    return out[-1] if isinstance(out, (list, tuple)) else out
 
 
 def cost_summary(ctx, model, **estimate_kwargs) -> CostFigures:

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from mntk import cost, early_exit, export, losses, models, regularizers
+from mntk.train.evaluation import predict_outputs
 from mntk.train.objectives import base_loss
 from mntk.train.optim import make_optimizer
 from mntk.train.fit import fit
@@ -84,7 +85,7 @@ def exit_figures(ctx, multi) -> EarlyExitFigures:
         cal.to_json(os.path.join(folder, "calibration.json"))
     runner = early_exit.EarlyExitRunner(multi, cal)
     logits, exits = runner.predict(x_test)
-    final = multi.predict(x_test, verbose=0)[-1]
+    final = predict_outputs(multi, x_test)[-1]
     rates = [float(r) for r in runner.exit_rates]
     mean = cost.estimate(multi, exit_rates=rates)
     backbone_ops = cost.estimate(ctx.model).ops
@@ -114,7 +115,7 @@ def _fixed_threshold(multi, validation, cfg):
     # the module (mntk.early_exit.calibrate is also the function's name)
     calibrate_lib = importlib.import_module("mntk.early_exit.calibrate")
     x, y = validation
-    outputs = [np.asarray(o) for o in multi.predict(x, verbose=0)]
+    outputs = predict_outputs(multi, x)
     exit_ops, baseline_ops = calibrate_lib._ops(multi)
     thresholds = [float(cfg.threshold)] * (len(outputs) - 1)
     result = calibrate_lib.evaluate(outputs, y, thresholds, cfg.criterion, exit_ops)
