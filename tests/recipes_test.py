@@ -6,7 +6,7 @@ in a process of their own, the others through ``mntk.cli.main`` in the test
 process (the same parsing and runner; measured on one core, their own process
 cost 1-13 CPU-s more each, mostly importing TensorFlow again; OSI's and Texas'
 runs did not get cheaper in-process). Each runs its whole stage list on digits
-resized to the recipe's input, and the checks show the pipeline really ran:
+(16x16 RGB, the smoke configs' size), and the checks show the pipeline really ran:
 loss finite and falling, the recipe's techniques active (SRIP logged, sparsity
 reached, exit rate reported, bits reported), TFLite exported and verified with
 LiteRT, cost report written."""
