@@ -587,6 +587,22 @@ def test_second_run_is_refused_then_sigint_exits_130_and_resumes(tmp_path):
     assert again.returncode == 0, err[-2000:]
     assert os.path.exists(os.path.join(workdir, "summary.json"))
     assert history_rows(workdir) == 20
+    # the command exits without the interpreter's teardown (mntk.cli.run):
+    # TensorBoard's last epoch, written just before, is on disk
+    assert tensorboard_epochs(os.path.join(workdir, "stages", "0_train")) == set(range(20))
+
+
+def tensorboard_epochs(stage):
+    """The epochs with an ``epoch_loss`` in a stage's TensorBoard train logs."""
+    import glob
+
+    import tensorflow as tf
+    epochs = set()
+    for path in glob.glob(os.path.join(stage, "tensorboard", "train", "events.out.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            if any(v.tag == "epoch_loss" for v in event.summary.value):
+                epochs.add(event.step)
+    return epochs
 
 
 # ------------------------------------------------------- in-process resumes
