@@ -49,6 +49,8 @@ WORKER = textwrap.dedent("""
             np.savez(out, *self.model.get_weights())
 
     train.run(c, workdir, extra_callbacks=[Die(), Dump()])
+    sys.stdout.flush()
+    os._exit(0)   # as the mntk command: no teardown of TensorFlow
 """).format(epochs=EPOCHS, batch=BATCH)
 
 
