@@ -200,3 +200,42 @@ def test_rerun_with_another_config_needs_force_or_restart_from(tmp_path, capsys)
     redone = train.run(config, str(tmp_path), restart_from="train")
     assert "already done" not in capsys.readouterr().out
     assert redone.stages[0].history["loss"] != first.stages[0].history["loss"]
+
+
+@pytest.mark.parametrize("case", ["multi_exit_named_metric", "distillation_function_metric"])
+def test_compiled_metrics_built_before_the_fit_trace_the_step_once(case):
+    """Keras' own behaviour, the reference: a multi-exit model's per-output
+    loss means and a metric given by name or as a function are created in
+    the first traced train step, so the step is traced twice. After
+    ``build_compiled_metrics`` (what the runner's fit calls), once. (The
+    optimizer is built first, as BackupAndRestore does in the runner.)"""
+    from _models import residual_backbone, small_cnn
+    from mntk import early_exit, losses
+    from mntk.compat import keras
+    from mntk.train.fit import build_compiled_metrics
+    from mntk.train.objectives import first_column_accuracy
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 8, 8, 1), np.float32)
+    y = rng.integers(0, 10, 16)
+    counts = []
+    for build in (False, True):
+        keras.backend.clear_session()
+        with train.make_strategy("default").scope():
+            if case == "multi_exit_named_metric":
+                model = early_exit.add_exits(residual_backbone(), at=["block1_out"], head="linear")
+                early_exit.compile_exits(model, keras.optimizers.Adam(1e-3))
+                labels = (y,) * 2
+            else:
+                model = small_cnn()
+                model.compile(keras.optimizers.Adam(1e-3), losses.Distillation(),
+                              metrics=[first_column_accuracy])
+                labels = np.concatenate([y[:, None], rng.random((16, 10))], 1).astype(np.float32)
+        data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
+        # as the runner's BackupAndRestore does at the start of a fit
+        model.optimizer.build(model.trainable_variables)
+        if build:
+            build_compiled_metrics(model, data.element_spec[1])
+        model.fit(data, epochs=1, verbose=0)
+        counts.append(model.train_function.experimental_get_tracing_count())
+        assert np.isfinite(model.history.history["loss"][0])
+    assert counts == [2, 1], counts

@@ -97,6 +97,33 @@ def _teacher_map(teacher):
     return add_logits
 
 
+def build_compiled_metrics(model, label_spec) -> None:
+    """Creates the variables of ``model``'s compiled loss and metrics now.
+
+    Keras otherwise creates some of them inside the first traced train step:
+    the loss means of each output of a multi-output model, and the metric
+    objects for metrics given by name (``"accuracy"``) or as functions. A
+    variable created there makes TensorFlow trace the step a second time
+    (``train_function.experimental_get_tracing_count() == 2``), which cost
+    4-8 CPU-s a stage for the entries' smoke nets. Keras picks a metric's
+    form (sparse or not) from the shapes only, so zero tensors of the labels'
+    and outputs' shapes stand in for a batch. Keras' two containers are used
+    as its own ``train_step`` uses them, before their first ``update_state``.
+    """
+    def one(shape, dtype):
+        return tf.zeros([1] + [d or 1 for d in shape[1:]], dtype)
+
+    y_pred = [one(o.shape, o.dtype) for o in model.outputs]
+    y_pred = y_pred[0] if len(y_pred) == 1 else y_pred
+    y_true = tf.nest.map_structure(lambda s: one(s.shape, s.dtype), label_spec)
+    with model.distribute_strategy.scope():
+        losses, metrics = model.compiled_loss, model.compiled_metrics
+        if losses is not None and not losses._built:
+            losses.build(y_pred)
+        if metrics is not None and not metrics._built:
+            metrics.build(y_pred, metrics._conform_to_outputs(y_pred, y_true))
+
+
 def fit(ctx, model, epochs: int, callbacks: List, teacher=None,
         mix=None, state: Sequence[tf.Variable] = ()) -> Dict[str, List[float]]:
     """``model.fit`` with resuming, logs, best-model checkpoint and NaN guard.
@@ -170,6 +197,7 @@ def fit(ctx, model, epochs: int, callbacks: List, teacher=None,
     ] + list(ctx.extra_callbacks) + kill_at_callbacks(stage)  # test-only, last
     # set per fit, after the stage's compile: Keras reads it when it builds the step
     model.run_eagerly = bool(config.run_eagerly)
+    build_compiled_metrics(model, train_ds.element_spec[1])
     model.fit(train_ds, epochs=epochs, steps_per_epoch=ctx.steps(), validation_data=validation,
               callbacks=all_callbacks, verbose=int(config.verbose))
     history = read_history(history_csv)
