@@ -12,6 +12,7 @@ import atexit
 import functools
 import gc
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,7 +41,6 @@ def pytest_configure(config):
 
 
 def _exit_now():
-    import sys
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -49,8 +49,9 @@ def _exit_now():
 def pytest_collection_finish(session):
     # Everything imported so far (TensorFlow, tfmot, mntk, the test modules)
     # lives until the end: leave it out of the cyclic collector's full
-    # passes, which scanned it again at each one (8-14 CPU-s a worker in the
-    # fast suite; TFLite's converter alone asks for a full pass each time).
+    # passes, which scanned it again at each one (GC took 10-15 CPU-s a worker
+    # in the fast suite, 5-7 after; TFLite's converter asks for a full pass at
+    # each conversion).
     gc.collect()
     gc.freeze()
 
